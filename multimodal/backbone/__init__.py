@@ -1,0 +1,15 @@
+"""The LLaDA-architecture masked-diffusion backbone: presets, layers, transformer, checkpoint import."""
+
+from __future__ import annotations
+
+from multimodal.backbone.config import BACKBONE_PRESETS, BackboneConfig, backbone_preset, list_backbones
+from multimodal.backbone.transformer import LLaDABackbone, create_backbone
+
+__all__ = [
+    "BACKBONE_PRESETS",
+    "BackboneConfig",
+    "LLaDABackbone",
+    "backbone_preset",
+    "create_backbone",
+    "list_backbones",
+]

@@ -1,0 +1,156 @@
+"""`LLaDABackbone`: the bidirectional masked-diffusion transformer behind the `Backbone` contract.
+
+One forward covers every caller: token ids or spliced embeddings in; a (B, L) padding mask or an
+arbitrary (B, L, L) / (B, 1, L, L) attention mask (block-causal, per-document); explicit position
+ids (so left-padded prompts get the same rotary positions as unpadded ones); and, for the loss,
+final hidden states without the vocabulary projection, so the head can be applied to masked
+positions only. Module names equal the released LLaDA checkpoint keys (see convert.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from multimodal.backbone.config import BACKBONE_PRESETS, BackboneConfig
+from multimodal.backbone.layers import LLaDABlock, RMSNorm, rotary_cos_sin
+from multimodal.types import BackboneOutput
+
+
+def attention_bias(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """Turn a caller's attention mask into what SDPA takes.
+
+    Args:
+        attention_mask: None; (B, L) with 1 for real tokens and 0 for padding (padding keys are
+            hidden from every query); or (B, L, L) / (B, 1, L, L) saying which query may attend
+            which key (bool or 0/1), or a float additive bias of that shape.
+        length: sequence length L, for shape checks.
+
+    Returns:
+        None (attend everywhere), or a boolean / float mask broadcastable to (B, H, L, L).
+    """
+    if attention_mask is None:
+        return None
+    m = attention_mask
+    if m.dim() == 2:
+        if m.shape[1] != length:
+            raise ValueError(f"attention_mask has length {m.shape[1]}, inputs have length {length}")
+        if bool(m.all()):
+            return None
+        return m.bool()[:, None, None, :]  # (B, 1, 1, L): hide padding keys
+    if m.dim() == 3:
+        m = m[:, None]
+    if m.dim() != 4 or m.shape[-1] != length or m.shape[-2] != length:
+        shape = tuple(attention_mask.shape)
+        raise ValueError(f"attention_mask must be (B, L), (B, L, L) or (B, 1, L, L) with L={length}, got {shape}")
+    return m if m.is_floating_point() else m.bool()
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Rotary positions that skip padding: 0 at each sequence's first real token. (B, L) -> (B, L)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+class LLaDABackbone(nn.Module):
+    """LLaDA transformer: embedding, N bidirectional blocks, final RMSNorm, untied output head."""
+
+    def __init__(self, config: BackboneConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(LLaDABlock(config) for _ in range(config.n_layers))
+        self.ln_f = RMSNorm(config.d_model, config.rms_norm_eps)
+        self.ff_out = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2 n_layers)."""
+        std = self.config.init_std
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, param in self.named_parameters():
+            if param.dim() < 2:
+                nn.init.ones_(param)
+            elif name.endswith(("attn_out.weight", "ff_out.weight")) and name.startswith("blocks."):
+                nn.init.normal_(param, 0.0, out_std)
+            else:
+                nn.init.normal_(param, 0.0, std)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """(V, D) output-head matrix (the input embedding when tied)."""
+        return self.wte.weight if self.ff_out is None else self.ff_out.weight
+
+    def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Vocabulary scores of final hidden states: (..., D) -> (..., V)."""
+        return hidden_states @ self.head_weight.t()
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.wte(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: object | None = None,
+        return_logits: bool = True,
+        output_hidden_states: bool = False,
+    ) -> BackboneOutput:
+        """Run the transformer.
+
+        Args:
+            input_ids: (B, L) token ids, or None when `inputs_embeds` is given.
+            inputs_embeds: (B, L, D) embeddings (modalities spliced in), instead of `input_ids`.
+            attention_mask: see `attention_bias`.
+            position_ids: (B, L) rotary positions; None means 0..L-1 (the released LLaDA behaviour).
+            cache: reserved for key/value caches; must be None for now.
+            return_logits: False skips the output head and returns the final hidden states only
+                (the loss applies the head to masked positions itself).
+            output_hidden_states: also return the final hidden states (B, L, D) with the logits.
+
+        Returns:
+            BackboneOutput with logits (B, L, V) and/or hidden_states (B, L, D).
+        """
+        if cache is not None:
+            raise NotImplementedError("key/value caches are not supported by LLaDABackbone yet")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        if x.dim() != 3 or x.shape[-1] != self.config.d_model:
+            raise ValueError(f"embeddings must be (B, L, {self.config.d_model}), got {tuple(x.shape)}")
+        b, n, _ = x.shape
+        if n > self.config.max_seq_len:
+            raise ValueError(f"sequence length {n} exceeds the context of {self.config.max_seq_len} tokens")
+        if position_ids is None:
+            position_ids = torch.arange(n, device=x.device)[None].expand(b, n)
+        elif position_ids.shape[-1] != n:
+            raise ValueError(f"position_ids has length {position_ids.shape[-1]}, inputs have length {n}")
+        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+        mask = attention_bias(attention_mask, n)
+        for block in self.blocks:
+            x = block(x, cos, sin, mask)
+        hidden = self.ln_f(x)
+        logits = self.head(hidden) if return_logits else None
+        keep_hidden = output_hidden_states or not return_logits
+        return BackboneOutput(logits=logits, hidden_states=hidden if keep_hidden else None)
+
+
+def create_backbone(
+    config: BackboneConfig | str, device: torch.device | str | None = None, **overrides: object
+) -> LLaDABackbone:
+    """Build a backbone from a config or a preset name.
+
+    On ``device="meta"`` nothing is allocated: the 8B shape can be inspected on a laptop.
+    """
+    if isinstance(config, str):
+        from dataclasses import replace
+
+        config = replace(BACKBONE_PRESETS.get(config), **overrides)
+    if device is None:
+        return LLaDABackbone(config)
+    with torch.device(device):
+        return LLaDABackbone(config)

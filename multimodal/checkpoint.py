@@ -1,0 +1,86 @@
+"""Run checkpoints: weights as safetensors, the fully resolved YAML config and the tokenizer, side by side.
+
+A checkpoint is a folder::
+
+    model.safetensors   every tensor of the model's state dict
+    config.yaml         the resolved experiment config (every default written out)
+    tokenizer.json      the built-in tokenizer (or tokenizer/ for a Hugging Face one)
+
+Writes are atomic: the folder is assembled under a temporary name and renamed into place, so a
+run killed at any moment leaves either the previous checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+
+
+def save_checkpoint(
+    folder: str | Path,
+    model: nn.Module,
+    config_yaml: str,
+    writers: dict[str, Callable[[Path], None]] | None = None,
+) -> Path:
+    """Write `model`'s weights, the config text and extra files (name -> writer(path)) atomically."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(config_yaml)
+        for name, writer in (writers or {}).items():
+            writer(tmp / name)
+        old = None
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+            folder.rename(old)
+        tmp.rename(folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved checkpoint %s", folder)
+    return folder
+
+
+def load_weights(folder: str | Path, model: nn.Module, strict: bool = True) -> None:
+    """Load model.safetensors from `folder` into `model`, naming missing / unexpected / mis-shaped keys."""
+    file = Path(folder) / WEIGHTS
+    if not file.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS} in {folder}")
+    state = load_file(str(file))
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if strict and missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if wrong:
+        problems.append(f"mis-shaped keys: {', '.join(wrong)}")
+    if problems:
+        raise ValueError(f"{file}: " + "; ".join(problems))
+    with torch.no_grad():
+        model.load_state_dict(state, strict=strict)

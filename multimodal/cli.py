@@ -1,0 +1,163 @@
+"""`mmdiff`: the one console script (train | sample | eval | list | show-config).
+
+Configs are YAML files (a path, or a name in configs/experiment/) with ``--set a.b=c`` overrides.
+Errors a user can fix (bad config key, missing file, impossible decoding shape) print one line
+and exit with status 2; everything else raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from multimodal.config import ConfigError, dump
+
+log = logging.getLogger("mmdiff")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmdiff", description="Masked-diffusion models across modalities.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", required=True, help="experiment YAML path or configs/experiment name")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. --set train.max_steps=100 (repeatable)",
+        )
+
+    p = sub.add_parser("train", help="train an experiment, then evaluate it on the test split")
+    with_config(p)
+
+    p = sub.add_parser("sample", help="answer prompts with a trained run")
+    p.add_argument("--run", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set sampler.steps=8",
+    )
+    p.add_argument("--show-steps", action="store_true", help="also print the step at which each token was committed")
+
+    p = sub.add_parser("eval", help="evaluate a trained run on a split")
+    p.add_argument("--run", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None, help="at most this many examples")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("list", help="list registered presets, samplers, schedules, tasks")
+    p.add_argument("family", nargs="?", default=None, help="only this registry (backbone, sampler, ...)")
+    p.add_argument("--pattern", default="*", help="glob over names")
+
+    p = sub.add_parser("show-config", help="print the fully resolved config")
+    with_config(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose, quiet_lightning=args.command == "train")
+    try:
+        return _dispatch(args)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"mmdiff {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _setup_logging(verbose: bool, quiet_lightning: bool = False) -> None:
+    """Our loggers at INFO on stderr; Lightning's banner lines only when verbose."""
+    if quiet_lightning and not verbose:
+        import warnings
+
+        import lightning  # noqa: F401  (it sets its own log levels on import; ours must come after)
+
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in ("multimodal", "encoders", "tasks"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        if not logger.handlers:
+            logger.addHandler(handler)
+    if quiet_lightning and not verbose:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "list":
+        return _list(args.family, args.pattern)
+    from multimodal.train import run as runs
+    from multimodal.train.config import load_experiment
+
+    if args.command == "show-config":
+        print(dump(load_experiment(args.config, args.overrides)), end="")
+        return 0
+    if args.command == "train":
+        config = load_experiment(args.config, args.overrides)
+        run = runs.train(config)
+        print(f"run folder: {run.folder}")
+        if config.train.eval_at_end:
+            metrics = runs.evaluate(run, "test", config.train.eval_limit)
+            _print_metrics(metrics)
+            print(f"predictions: {run.folder / 'eval' / 'test_predictions.jsonl'}")
+        return 0
+    if args.command == "eval":
+        run = runs.load_run(args.run, args.overrides)
+        _print_metrics(runs.evaluate(run, args.split, args.limit))
+        return 0
+    if args.command == "sample":
+        run = runs.load_run(args.run, args.overrides)
+        texts, out = runs.answer(run, args.prompt)
+        for i, (prompt, text) in enumerate(zip(args.prompt, texts, strict=True)):
+            print(f"{prompt} -> {text}")
+            if args.show_steps:
+                print("  commit step per answer token:", out.commit_step[i].tolist())
+        return 0
+    raise AssertionError(args.command)
+
+
+def _print_metrics(metrics: dict) -> None:
+    shown = {k: v for k, v in metrics.items() if k != "sampler"}
+    print(json.dumps(shown, indent=2))
+
+
+def _list(family: str | None, pattern: str) -> int:
+    import multimodal.diffusion.schedule  # noqa: F401  (fill registries)
+    import multimodal.sampling  # noqa: F401
+    import tasks  # noqa: F401
+    from multimodal.backbone import BACKBONE_PRESETS
+    from multimodal.registry import ALL_REGISTRIES, suggest
+
+    if family is not None and family not in ALL_REGISTRIES:
+        raise ConfigError(
+            f"unknown registry '{family}'{suggest(family, tuple(ALL_REGISTRIES))}; "
+            f"known: {', '.join(sorted(ALL_REGISTRIES))}"
+        )
+    for name in sorted(ALL_REGISTRIES) if family is None else [family]:
+        registry = ALL_REGISTRIES[name]
+        print(f"{name}:")
+        for entry in registry.names(pattern):
+            extra = ""
+            if registry is BACKBONE_PRESETS:
+                extra = f"  ({BACKBONE_PRESETS.get(entry).num_parameters() / 1e6:.1f}M parameters)"
+            print(f"  {entry}{extra}")
+    return 0
+
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""The training objective as one function: sample t, mask maskable tokens, score masked positions.
+
+`DiffusionConfig` names the knobs of PAPERS.md section 1: the schedule and its eps / clipping,
+antithetic time sampling, LLaDA's random-length truncation of pre-training batches, the token
+weight (1/p from the schedule, or 1 for plain cross-entropy as in Whisper-LLaDA), and the loss
+normalisation (see loss.py). The model is any callable with the backbone's forward signature and a
+`head` (plus `head_weight` when the head is a plain matrix); no Lightning, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from multimodal.diffusion.corruption import mask_tokens, random_truncation_length
+from multimodal.diffusion.loss import masked_diffusion_loss
+from multimodal.diffusion.schedule import MaskSchedule, create_schedule
+from multimodal.types import LossOutput, MultimodalBatch
+
+
+@dataclass
+class DiffusionConfig:
+    """Masked-diffusion objective settings.
+
+    Attributes:
+        schedule: registered schedule name (llada_linear, loglinear, cosine).
+        eps: schedule floor (LLaDA: p = (1 - eps) t + eps).
+        clip_low, clip_high: restrict mask rates to [clip_low, clip_high] (BD3-LM), or None.
+        antithetic: stratify t across the batch (t_i = (u + i/B) mod 1).
+        truncate_prob: probability of cropping a batch to a random length in [1, L] (LLaDA
+            pre-training uses 0.01; keep 0 for SFT).
+        weighting: ``schedule`` divides each masked CE by p (the schedule weight); ``none`` is plain CE.
+        normalisation: ``sequence`` (pre-training), ``answer`` (SFT), ``tokens`` (DIFFA), ``masked``.
+        chunk_size: rows per chunk of the output head in the loss.
+    """
+
+    schedule: str = "llada_linear"
+    eps: float = 1e-3
+    clip_low: float | None = None
+    clip_high: float | None = None
+    antithetic: bool = True
+    truncate_prob: float = 0.0
+    weighting: Literal["schedule", "none"] = "schedule"
+    normalisation: Literal["sequence", "answer", "tokens", "masked"] = "answer"
+    chunk_size: int = 512
+
+    def build_schedule(self) -> MaskSchedule:
+        return create_schedule(self.schedule, self.eps, self.clip_low, self.clip_high)
+
+
+def diffusion_loss(
+    model: Any,
+    batch: MultimodalBatch,
+    config: DiffusionConfig,
+    schedule: MaskSchedule,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    **model_kwargs: Any,
+) -> LossOutput:
+    """Corrupt `batch` and return the masked-diffusion loss of `model` on it."""
+    x0, maskable, attn, pos = batch.input_ids, batch.maskable, batch.attention_mask, batch.position_ids
+    length = random_truncation_length(x0.shape[1], config.truncate_prob, generator, x0.device)
+    if length < x0.shape[1]:
+        x0, maskable = x0[:, :length], maskable[:, :length]
+        attn = None if attn is None else attn[:, :length]
+        pos = None if pos is None else pos[:, :length]
+    t = schedule.sample_t(x0.shape[0], antithetic=config.antithetic, generator=generator, device=x0.device)
+    xt, masked = mask_tokens(x0, schedule.mask_prob(t), maskable, mask_id, generator)
+    out = model(xt, attention_mask=attn, position_ids=pos, return_logits=False, **model_kwargs)
+    weight = schedule.loss_weight(t) if config.weighting == "schedule" else torch.ones_like(t)
+    head = getattr(model, "head_weight", None)  # a plain linear head takes the fused path
+    return masked_diffusion_loss(
+        out.hidden_states,
+        head if isinstance(head, torch.Tensor) else model.head,
+        x0,
+        masked,
+        weight,
+        maskable,
+        config.normalisation,
+        config.chunk_size,
+    )

@@ -1,0 +1,34 @@
+"""Samplers (commit policies) and the one generation loop.
+
+Importing this package registers the policies; `create_sampler(config)` builds one from its config.
+"""
+
+from __future__ import annotations
+
+from multimodal.sampling import low_confidence, random_remasking  # noqa: F401  (fill the registry)
+from multimodal.sampling.base import (
+    SAMPLERS,
+    Sampler,
+    SamplerConfig,
+    SamplerError,
+    SpecialIds,
+    StepInfo,
+    create_sampler,
+    list_samplers,
+    sampler_config_class,
+)
+from multimodal.sampling.generate import generate, infill
+
+__all__ = [
+    "SAMPLERS",
+    "Sampler",
+    "SamplerConfig",
+    "SamplerError",
+    "SpecialIds",
+    "StepInfo",
+    "create_sampler",
+    "generate",
+    "infill",
+    "list_samplers",
+    "sampler_config_class",
+]

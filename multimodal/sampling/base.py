@@ -1,0 +1,206 @@
+"""The sampler protocol: a config and a `step` that decides which masked positions to commit.
+
+Every policy shares the LLaDA reference step (PAPERS.md section 1): candidates are the argmax of
+the logits after Gumbel noise, with the noise and the softmax in float64 (float32 Gumbel sampling
+lowers the effective temperature); optionally EOS is forbidden as a candidate; the policy scores
+each masked position (`confidence`); optionally EOS/EoT candidates are ranked below every other
+candidate (done correctly here: the released code's flag has no effect when temperature > 0); then
+the `quota` best-scored masked positions are committed. Subclasses override `confidence` (which
+order) and, for parallel policies, `select` (how many).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from multimodal.registry import new_registry
+
+SAMPLERS = new_registry("sampler", "sampler")
+
+# Subtracted from the score of EOS/EoT candidates when they must be committed last; larger than
+# the spread of any policy's scores, so the relative order among EOS candidates is kept.
+EOS_PENALTY = 1.0e6
+
+
+class SamplerError(ValueError):
+    """A decoding request whose shapes cannot work (reported as one line by the CLI)."""
+
+
+@dataclass
+class SamplerConfig:
+    """Decoding settings shared by every policy.
+
+    Attributes:
+        name: registered policy name.
+        steps: total denoising steps over the whole answer (split evenly across blocks).
+        gen_length: answer canvas length in tokens.
+        block_length: semi-autoregressive block size (== gen_length: one block).
+        temperature: Gumbel temperature; 0 is plain argmax.
+        cfg_scale: classifier-free guidance scale s (logits = u + (s + 1)(c - u)); 0 disables it.
+        forbid_eos: never propose EOS as a candidate.
+        eos_lowest_confidence: commit EOS/EoT candidates only after every other candidate.
+        stop_at_eos: once an EOS is committed, everything after it becomes EOS and the sequence
+            stops there (later blocks are skipped).
+    """
+
+    name: str = "low_confidence"
+    steps: int = 128
+    gen_length: int = 128
+    block_length: int = 128
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    forbid_eos: bool = False
+    eos_lowest_confidence: bool = False
+    stop_at_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0 or self.gen_length <= 0 or self.block_length <= 0:
+            raise SamplerError("steps, gen_length and block_length must be positive")
+        if self.temperature < 0:
+            raise SamplerError(f"temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Token ids the loop needs: mask, EOS, and the chat end-of-turn (EoT) token if any."""
+
+    mask_id: int
+    eos_id: int | None = None
+    eot_id: int | None = None
+
+
+@dataclass
+class StepInfo:
+    """What a per-step callback receives (tensors are live views: clone what you keep).
+
+    Attributes:
+        nfe: forward evaluations so far (this step included).
+        block: index of the current block.
+        step: step index inside the block.
+        x: (B, L) the canvas after this step's commits.
+        committed: (B, L) bool, positions committed at this step.
+        region: (start, end) of the decoded region inside the canvas.
+    """
+
+    nfe: int
+    block: int
+    step: int
+    x: torch.Tensor
+    committed: torch.Tensor
+    region: tuple[int, int]
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Sample argmax(logits / T + Gumbel) in float64, as exp(logits) / (-log u)^T; T = 0 is argmax."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits64 = logits.double()
+    u = torch.rand(logits64.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    return (logits64.exp() / (-torch.log(u)) ** temperature).argmax(-1)
+
+
+def even_quota(num_masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """Tokens to commit per step: the block's masks spread evenly, earlier steps take the remainder.
+
+    Args:
+        num_masked: (B,) masked positions in the block.
+        steps: steps for the block.
+
+    Returns:
+        (B, steps) integer counts summing to num_masked.
+    """
+    base = num_masked[:, None] // steps
+    remainder = num_masked[:, None] % steps
+    return base + (torch.arange(steps, device=num_masked.device)[None] < remainder).long()
+
+
+def top_quota(score: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
+    """(B, Lb) bool: the `quota[b]` highest-scored positions of each row (-inf rows never chosen)."""
+    order = score.argsort(dim=-1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order))
+    return (ranks < quota[:, None]) & torch.isfinite(score)
+
+
+class Sampler:
+    """Base policy. Subclasses set `Config` and override `confidence` and possibly `select`."""
+
+    Config = SamplerConfig
+
+    def __init__(self, config: SamplerConfig):
+        self.config = config
+
+    def quota(self, num_masked: torch.Tensor, steps: int) -> torch.Tensor:
+        """(B, steps) planned commits per step for a block (the LLaDA even split)."""
+        return even_quota(num_masked, steps)
+
+    def confidence(self, logits: torch.Tensor, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """(B, Lb) float64 score of each candidate; higher is committed earlier."""
+        raise NotImplementedError
+
+    def select(self, score: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
+        """(B, Lb) bool positions to commit, given scores (-inf where not masked) and the quota."""
+        return top_quota(score, quota)
+
+    def step(
+        self,
+        logits: torch.Tensor,
+        masked: torch.Tensor,
+        quota: torch.Tensor,
+        special: SpecialIds,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One denoising step on a block.
+
+        Args:
+            logits: (B, Lb, V) logits of the block positions.
+            masked: (B, Lb) bool, positions still masked (only these may be committed).
+            quota: (B,) number of positions to commit (policies may commit more or fewer).
+            special: mask / EOS / EoT ids.
+            generator: randomness for Gumbel noise and random policies.
+
+        Returns:
+            x0: (B, Lb) candidate tokens.
+            commit: (B, Lb) bool, positions to commit now.
+        """
+        cfg = self.config
+        if cfg.forbid_eos and special.eos_id is not None:
+            logits = logits.clone()
+            logits[..., special.eos_id] = -torch.inf
+        x0 = gumbel_argmax(logits, cfg.temperature, generator)
+        score = self.confidence(logits, x0, generator)
+        if cfg.eos_lowest_confidence:
+            for tok in (special.eos_id, special.eot_id):
+                if tok is not None:
+                    score = torch.where(x0 == tok, score - EOS_PENALTY, score)
+        score = torch.where(masked, score, torch.full_like(score, -torch.inf))
+        quota = torch.minimum(quota, masked.sum(-1))
+        return x0, self.select(score, quota)
+
+
+def candidate_probability(logits: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """(B, Lb) float64 softmax probability of each candidate."""
+    p = torch.softmax(logits.double(), dim=-1)
+    return p.gather(-1, x0[..., None]).squeeze(-1)
+
+
+def sampler_config_class(name: str) -> type[SamplerConfig]:
+    """The config dataclass of the registered policy `name` (used by the YAML loader)."""
+    return SAMPLERS.get(name).Config
+
+
+def create_sampler(config: SamplerConfig | dict[str, Any] | str) -> Sampler:
+    """Build a sampler from its config, a dict with a `name`, or a bare policy name."""
+    if isinstance(config, str):
+        config = sampler_config_class(config)(name=config)
+    elif isinstance(config, dict):
+        name = config.get("name", SamplerConfig.name)
+        config = sampler_config_class(name)(**config)
+    return SAMPLERS.get(config.name)(config)
+
+
+def list_samplers(pattern: str = "*") -> list[str]:
+    return SAMPLERS.names(pattern)

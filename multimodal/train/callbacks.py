@@ -1,0 +1,64 @@
+"""Lightning callbacks: throughput on the progress bar, metrics as JSON lines, safetensors checkpoints."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+class Throughput(L.Callback):
+    """Logs tokens per second (real tokens of the batch, padding excluded) to the progress bar."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        pl_module.log("tok_s", batch.num_tokens / elapsed, prog_bar=True, batch_size=batch.input_ids.shape[0])
+
+
+class MetricsJsonl(L.Callback):
+    """Appends the logged metrics to `path` as one JSON object per line every `every` steps."""
+
+    def __init__(self, path: Path, every: int) -> None:
+        self.path, self.every = Path(path), max(1, every)
+        self._t0 = time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every and step != trainer.max_steps:
+            return
+        row = {"step": step, "time_s": round(time.perf_counter() - self._t0, 3)}
+        for key, value in trainer.callback_metrics.items():
+            row[key] = float(value) if isinstance(value, torch.Tensor) else value
+        row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class SafetensorsCheckpoint(L.Callback):
+    """Calls `save(step)` every `every` steps (if > 0) and at the end of training."""
+
+    def __init__(self, save: Callable[[int], None], every: int) -> None:
+        self.save, self.every = save, every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every > 0 and step % self.every == 0 and step < trainer.max_steps and trainer.is_global_zero:
+            self.save(step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.save(trainer.global_step)

@@ -1,0 +1,112 @@
+"""The experiment config: one YAML file (configs/experiment/*.yaml) resolved into these dataclasses.
+
+Sections: backbone (a registered preset plus overrides), tokenizer, task (selected by its `name`),
+diffusion (the objective), sampler (selected by its `name`: the decoding used for evaluation and
+`mmdiff sample`), train (optimiser, schedule, trainer). Unknown keys fail with the closest valid
+name; the resolved config, every default included, is written next to every checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from multimodal.backbone.config import BACKBONE_PRESETS, BackboneConfig
+from multimodal.config import ConfigError, apply_overrides, from_dict, load_yaml
+from multimodal.diffusion.objective import DiffusionConfig
+from multimodal.sampling import SamplerConfig, sampler_config_class
+from multimodal.tokenizer import TokenizerConfig
+from tasks import TaskConfig, task_config_class
+
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and trainer settings.
+
+    Attributes:
+        max_steps: optimiser steps.
+        batch_size: sequences per step.
+        lr: peak learning rate (AdamW).
+        min_lr_ratio: final learning rate as a fraction of the peak (cosine decay).
+        warmup_steps: linear warm-up steps.
+        weight_decay: AdamW decay on matrices (never on norms or other vectors).
+        betas: AdamW betas.
+        grad_clip: gradient-norm clip (0 disables).
+        precision: ``auto`` (bf16 mixed on a bf16-capable GPU, else fp32), or a Lightning precision.
+        accelerator: Lightning accelerator (auto, cpu, gpu).
+        threads: CPU threads for torch (None: leave torch's default).
+        log_every: steps between metric lines.
+        checkpoint_every: steps between checkpoints (0: only the final one).
+        eval_at_end: evaluate on the test split after training.
+        eval_limit: evaluate on at most this many examples (None: all).
+        eval_batch_size: prompts decoded together during evaluation.
+        output_dir: parent folder of run folders (a run is output_dir/<experiment name>).
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    accelerator: str = "auto"
+    threads: int | None = None
+    log_every: int = 20
+    checkpoint_every: int = 0
+    eval_at_end: bool = True
+    eval_limit: int | None = None
+    eval_batch_size: int = 128
+    output_dir: str = "runs"
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything a run needs, resolved from YAML."""
+
+    name: str = "experiment"
+    seed: int = 0
+    backbone: BackboneConfig = field(
+        default_factory=lambda: BACKBONE_PRESETS.get("llada_tiny"), metadata={"presets": BACKBONE_PRESETS.get}
+    )
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    task: TaskConfig = field(default_factory=TaskConfig, metadata={"select": task_config_class})
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig, metadata={"select": sampler_config_class})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    init_from: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A path as given, or the name of a file in configs/experiment/ (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_ROOT / "experiment" / name_or_path, CONFIG_ROOT / "experiment" / f"{name_or_path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in (CONFIG_ROOT / "experiment").glob("*.yaml"))
+    raise ConfigError(
+        f"config '{name_or_path}' is neither a file nor an experiment in configs/experiment ({', '.join(known)})"
+    )
+
+
+def load_experiment(name_or_path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read an experiment YAML (path or configs/experiment name), apply --set overrides, validate."""
+    data = load_yaml(resolve_config_path(str(name_or_path)))
+    return from_dict(ExperimentConfig, apply_overrides(data, overrides))
+
+
+def experiment_from_text(text: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Parse a resolved config saved next to a checkpoint."""
+    import yaml
+
+    data = yaml.safe_load(text) or {}
+    return from_dict(ExperimentConfig, apply_overrides(data, overrides))

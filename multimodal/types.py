@@ -1,0 +1,126 @@
+"""The few data types that cross layer boundaries (backbone, objective, sampler, tasks).
+
+They are frozen dataclasses of tensors so that every layer agrees on names and shapes:
+B = batch, L = sequence length, V = vocabulary, D = model width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class BackboneOutput:
+    """What a backbone forward returns.
+
+    Attributes:
+        logits: (B, L, V) output-head scores, or None when the caller asked for hidden states only.
+        hidden_states: (B, L, D) final hidden states after the last norm (input of the head), when requested.
+        all_hidden_states: per-layer inputs plus the final output, when requested.
+        cache: the updated key/value cache, when one was passed in.
+    """
+
+    logits: torch.Tensor | None
+    hidden_states: torch.Tensor | None = None
+    all_hidden_states: tuple[torch.Tensor, ...] | None = None
+    cache: Any = None
+
+
+@dataclass(frozen=True)
+class MultimodalBatch:
+    """One training or generation batch.
+
+    Attributes:
+        input_ids: (B, L) token ids; modality placeholder positions hold a placeholder id.
+        attention_mask: (B, L) 1 for real tokens, 0 for padding; None means no padding.
+        maskable: (B, L) bool, positions the diffusion may mask (answer tokens only, their EOS padding
+            included); prompts, modality and padding positions are never masked.
+        position_ids: (B, L) rotary positions, or None for 0..L-1.
+        modality_inputs: per-modality preprocessed inputs (pixel values, log-mel features, ...).
+        modality_masks: per-modality validity masks of those inputs.
+        placeholders: per-modality (B, N) positions in `input_ids` where the projected features go.
+        meta: ids, references and anything else the metrics need, one entry per sample.
+    """
+
+    input_ids: torch.Tensor
+    maskable: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    modality_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    modality_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    placeholders: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: list[dict[str, Any]] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> MultimodalBatch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return MultimodalBatch(
+            input_ids=move(self.input_ids),  # type: ignore[arg-type]
+            maskable=move(self.maskable),  # type: ignore[arg-type]
+            attention_mask=move(self.attention_mask),
+            position_ids=move(self.position_ids),
+            modality_inputs={k: v.to(device) for k, v in self.modality_inputs.items()},
+            modality_masks={k: v.to(device) for k, v in self.modality_masks.items()},
+            placeholders={k: v.to(device) for k, v in self.placeholders.items()},
+            meta=self.meta,
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        if self.attention_mask is None:
+            return self.input_ids.numel()
+        return int(self.attention_mask.sum())
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """The masked-diffusion loss and what it was computed from.
+
+    Attributes:
+        loss: scalar to back-propagate.
+        num_masked: number of masked (scored) positions.
+        num_maskable: number of positions that could have been masked.
+        mean_ce: plain mean cross-entropy over masked positions (unweighted, for logging).
+        accuracy: argmax accuracy over masked positions (for logging), or None when not computed.
+    """
+
+    loss: torch.Tensor
+    num_masked: int
+    num_maskable: int
+    mean_ce: float
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    """The result of `generate` or `infill`.
+
+    Attributes:
+        sequences: (B, L) the final canvas (prompt + generated tokens, padding kept).
+        generated: (B, G) the generated region only.
+        commit_step: (B, G) the step at which each generated token was committed (-1: never masked).
+        nfe: number of network forward evaluations actually run.
+    """
+
+    sequences: torch.Tensor
+    generated: torch.Tensor
+    commit_step: torch.Tensor
+    nfe: int
+
+
+class Tokenizer(Protocol):
+    """What tasks and the CLI need from a tokenizer (built-in or Hugging Face)."""
+
+    mask_id: int
+    eos_id: int
+    pad_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def __len__(self) -> int: ...

@@ -1,0 +1,8 @@
+"""Tasks turn data sets into prompts, answers and metrics. Importing the package fills TASKS."""
+
+from __future__ import annotations
+
+from tasks import digits  # noqa: F401  (registers the embedded toy task)
+from tasks.base import TASKS, Layout, Task, TaskConfig, create_task, list_tasks, task_config_class
+
+__all__ = ["TASKS", "Layout", "Task", "TaskConfig", "create_task", "list_tasks", "task_config_class"]

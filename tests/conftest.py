@@ -1,0 +1,62 @@
+"""Shared fixtures. An autouse guard makes every network connection fail: tests run offline."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from multimodal.types import BackboneOutput
+
+
+class NetworkBlocked(RuntimeError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def guard(*args, **kwargs):
+        raise NetworkBlocked("tests must not open network connections")
+
+    monkeypatch.setattr(socket.socket, "connect", guard)
+    monkeypatch.setattr(socket.socket, "connect_ex", guard)
+    monkeypatch.setattr(socket, "create_connection", guard)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def small_threads():
+    torch.set_num_threads(1)
+    yield
+
+
+class TableModel(torch.nn.Module):
+    """A fake model whose logits are a fixed (L, V) table or a function of the canvas.
+
+    `hidden_states` are the logits themselves and `head` is the identity, so the generation loop
+    sees exactly the hand-built scores.
+    """
+
+    def __init__(self, table=None, fn=None):
+        super().__init__()
+        self.table, self.fn = table, fn
+        self.calls = []
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, return_logits=True, **kwargs):
+        self.calls.append(input_ids.clone())
+        if self.fn is not None:
+            logits = self.fn(input_ids, attention_mask, position_ids)
+        else:
+            b, n = input_ids.shape
+            logits = self.table[:n].expand(b, n, -1).clone()
+        return BackboneOutput(logits=logits if return_logits else None, hidden_states=logits)
+
+    def head(self, h):
+        return h
+
+
+@pytest.fixture
+def table_model():
+    return TableModel

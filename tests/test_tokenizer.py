@@ -1,0 +1,72 @@
+"""Built-in tokenizers and Hugging Face tokenizers read from a local folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from multimodal.tokenizer import (
+    SPECIALS,
+    BuiltinTokenizer,
+    HFTokenizer,
+    TokenizerConfig,
+    build_tokenizer,
+    load_tokenizer,
+)
+
+
+@pytest.mark.parametrize("level,text", [("char", "ab=ba"), ("word", "the cat sat")])
+def test_builtin_round_trip_and_save(tmp_path, level, text):
+    tok = BuiltinTokenizer.build([text, "zzz"], level)
+    assert tok.vocab[: len(SPECIALS)] == list(SPECIALS)
+    assert (tok.pad_id, tok.mask_id, tok.eos_id) == (0, 1, 2)
+    assert tok.decode(tok.encode(text)) == text
+    tok.save(tmp_path / "tok.json")
+    again = load_tokenizer(tmp_path / "tok.json")
+    assert again.vocab == tok.vocab and again.level == level
+
+
+def test_unknown_characters_map_to_unk_and_specials_are_skipped():
+    tok = BuiltinTokenizer.build(["abc"], "char")
+    assert tok.encode("aXb") == [tok.ids["a"], tok.unk_id, tok.ids["b"]]
+    assert tok.decode([tok.ids["a"], tok.eos_id, tok.mask_id, tok.ids["c"]]) == "ac"
+
+
+def test_not_a_tokenizer_file(tmp_path):
+    (tmp_path / "x.json").write_text('{"type": "other"}')
+    with pytest.raises(ValueError, match="not an mmdiff built-in tokenizer"):
+        BuiltinTokenizer.load(tmp_path / "x.json")
+
+
+def make_hf_folder(folder):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<|mdm_mask|>": 1, "<|eot_id|>": 2, "hello": 3, "world": 4, "[UNK]": 5}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|endoftext|>",
+        unk_token="[UNK]",
+        additional_special_tokens=["<|mdm_mask|>", "<|eot_id|>"],
+    )
+    fast.save_pretrained(str(folder))
+
+
+def test_hf_tokenizer_from_a_local_folder(tmp_path):
+    make_hf_folder(tmp_path)
+    tok = build_tokenizer(TokenizerConfig(kind="hf", path=str(tmp_path)))
+    assert isinstance(tok, HFTokenizer)
+    assert (tok.mask_id, tok.eos_id, tok.eot_id, tok.pad_id) == (1, 0, 2, 0)
+    assert tok.encode("hello world") == [3, 4]
+    assert tok.decode([3, 1, 4]) == "hello world"
+
+
+def test_hf_tokenizer_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer folder not found"):
+        HFTokenizer(tmp_path / "missing")
+    make_hf_folder(tmp_path)
+    with pytest.raises(ValueError, match="no mask token"):
+        HFTokenizer(tmp_path, mask_token="<nope>")
+    with pytest.raises(ValueError, match="needs tokenizer.path"):
+        build_tokenizer(TokenizerConfig(kind="hf"))

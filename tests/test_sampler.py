@@ -241,3 +241,14 @@ def test_temperature_sampling_is_reproducible_and_float64_gumbel_matches_softmax
         freq = torch.bincount(gumbel_argmax(logits, temp, g), minlength=3).double() / 40000
         assert torch.allclose(freq, torch.tensor(probs, dtype=torch.float64), atol=0.01), (temp, freq)
     assert math.isclose(float(gumbel_argmax(logits[:1], 0.0, g)), 2)
+
+
+@pytest.mark.parametrize("name", __import__("multimodal.sampling", fromlist=["SAMPLERS"]).SAMPLERS.names())
+def test_every_registered_sampler_decodes_a_padded_batch(name):
+    from multimodal.sampling import sampler_config_class
+
+    model = tiny_model()
+    cfg = sampler_config_class(name)(name=name, steps=4, gen_length=8, block_length=4)
+    out = generate(model, [[5, 6, 7], [9]], create_sampler(cfg), SPECIAL, generator=torch.Generator().manual_seed(0))
+    assert out.generated.shape == (2, 8) and not (out.generated == MASK).any()
+    assert out.commit_step.min() >= 0

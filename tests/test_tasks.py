@@ -59,3 +59,19 @@ def test_task_collate_uses_the_tokenizer():
     row = batch.input_ids[0][batch.maskable[0]].tolist()
     assert tok.decode(row) == lays[0].answer and row[len(lays[0].answer) :] == [tok.eos_id] * (14 - len(lays[0].answer))
     assert torch.equal(batch.maskable.sum(1), torch.full((3,), 14))
+
+
+@pytest.mark.parametrize("name", __import__("tasks").TASKS.names())
+def test_every_registered_task_lays_out_and_collates(name):
+    from tasks import task_config_class
+
+    cfg = task_config_class(name)(name=name)
+    for key, value in (("train_size", 20), ("test_size", 4), ("validation_size", 4)):
+        if hasattr(cfg, key):
+            setattr(cfg, key, value)
+    task = create_task(cfg)
+    tok = BuiltinTokenizer.build(task.texts())
+    lays = [task.layout(e) for e in task.examples("test")]
+    batch = task.collate(lays, tok)
+    assert batch.maskable.any(1).all() and len(batch.meta) == len(lays)
+    assert set(task.metrics([x.answer for x in lays], lays).values()) == {1.0}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from multimodal.backbone import LLaDABackbone, create_backbone
 from multimodal.backbone.convert import load_llada_checkpoint
@@ -214,7 +215,7 @@ def evaluate(run: Run, split: str = "test", limit: int | None = None, batch_size
     generator = torch.Generator(device=pick_device(run.config.device)).manual_seed(run.config.seed)
     predictions: list[str] = []
     nfe, gen_tokens, start = 0, 0, time.perf_counter()
-    for i in range(0, len(layouts), batch_size):
+    for i in tqdm(range(0, len(layouts), batch_size), desc=f"decoding {split}", unit="batch", leave=False):
         chunk = layouts[i : i + batch_size]
         texts, out = answer(run, [x.prompt for x in chunk], generator=generator)
         predictions += texts

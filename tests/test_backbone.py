@@ -97,7 +97,7 @@ def test_clear_errors():
         model(torch.zeros(1, 9, dtype=torch.long))
     with pytest.raises(ValueError, match="exactly one"):
         model()
-    with pytest.raises(ValueError, match=r"\(B, L\)"):
+    with pytest.raises(ValueError, match=r"\(B, K\)"):
         model(torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 2, 3, 4))
     with pytest.raises(ValueError, match="divisible"):
         backbone_preset("llada_tiny", n_heads=3)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from multimodal.backbone.cache import KVCache
 from multimodal.backbone.config import BACKBONE_PRESETS, BackboneConfig, backbone_preset, list_backbones
 from multimodal.backbone.transformer import LLaDABackbone, create_backbone
 
 __all__ = [
     "BACKBONE_PRESETS",
     "BackboneConfig",
+    "KVCache",
     "LLaDABackbone",
     "backbone_preset",
     "create_backbone",

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from multimodal.backbone.cache import KVCache
 from multimodal.backbone.config import BackboneConfig
 
 
@@ -82,14 +83,22 @@ class LLaDABlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None,
+        kv: tuple[KVCache, int, int] | None = None,
     ) -> torch.Tensor:
-        """Self-attention of (B, L, D) inputs; `attn_mask` is boolean (True = may attend) or additive."""
+        """Self-attention of (B, n, D) inputs; `attn_mask` is boolean (True = may attend) or additive.
+
+        With `kv = (cache, layer, start)` the inputs are canvas positions [start, start + n): their keys
+        and values are written into the cache and the queries attend over the whole cached canvas.
+        """
         b, n, _ = x.shape
         h = self.attn_norm(x)
-        q = self.q_proj(h).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
-        k = self.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, hd)
+        q = self.q_proj(h).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, n, hd)
+        k = self.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, n, hd)
         v = self.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv is not None:
+            cache, layer, start = kv
+            k, v = cache.update(layer, k, v, start)  # (B, Hkv, L, hd): the whole canvas
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=False, enable_gqa=self.kv_heads != self.n_heads
         )
@@ -100,7 +109,12 @@ class LLaDABlock(nn.Module):
         return self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        kv: tuple[KVCache, int, int] | None = None,
     ) -> torch.Tensor:
-        x = x + self.attention(x, cos, sin, attn_mask)
+        x = x + self.attention(x, cos, sin, attn_mask, kv)
         return x + self.mlp(x)

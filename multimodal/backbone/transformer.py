@@ -2,9 +2,11 @@
 
 One forward covers every caller: token ids or spliced embeddings in; a (B, L) padding mask or an
 arbitrary (B, L, L) / (B, 1, L, L) attention mask (block-causal, per-document); explicit position
-ids (so left-padded prompts get the same rotary positions as unpadded ones); and, for the loss,
-final hidden states without the vocabulary projection, so the head can be applied to masked
-positions only. Module names equal the released LLaDA checkpoint keys (see convert.py).
+ids (so left-padded prompts get the same rotary positions as unpadded ones); a key/value cache
+with the canvas positions the inputs overwrite (Fast-dLLM prefix / dual caches, exact block
+caches, see cache.py); and, for the loss, final hidden states without the vocabulary projection,
+so the head can be applied to masked positions only. Module names equal the released LLaDA
+checkpoint keys (see convert.py).
 """
 
 from __future__ import annotations
@@ -14,37 +16,42 @@ import math
 import torch
 from torch import nn
 
+from multimodal.backbone.cache import KVCache
 from multimodal.backbone.config import BACKBONE_PRESETS, BackboneConfig
 from multimodal.backbone.layers import LLaDABlock, RMSNorm, rotary_cos_sin
 from multimodal.types import BackboneOutput
 
 
-def attention_bias(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+def attention_bias(attention_mask: torch.Tensor | None, q_len: int, k_len: int | None = None) -> torch.Tensor | None:
     """Turn a caller's attention mask into what SDPA takes.
 
     Args:
-        attention_mask: None; (B, L) with 1 for real tokens and 0 for padding (padding keys are
-            hidden from every query); or (B, L, L) / (B, 1, L, L) saying which query may attend
+        attention_mask: None; (B, K) with 1 for real tokens and 0 for padding (padding keys are
+            hidden from every query); or (B, Q, K) / (B, 1, Q, K) saying which query may attend
             which key (bool or 0/1), or a float additive bias of that shape.
-        length: sequence length L, for shape checks.
+        q_len: number of queries Q (the inputs of this forward).
+        k_len: number of keys K (the whole cached canvas when a cache is used; default Q).
 
     Returns:
-        None (attend everywhere), or a boolean / float mask broadcastable to (B, H, L, L).
+        None (attend everywhere), or a boolean / float mask broadcastable to (B, H, Q, K).
     """
+    k_len = q_len if k_len is None else k_len
     if attention_mask is None:
         return None
     m = attention_mask
     if m.dim() == 2:
-        if m.shape[1] != length:
-            raise ValueError(f"attention_mask has length {m.shape[1]}, inputs have length {length}")
+        if m.shape[1] != k_len:
+            raise ValueError(f"attention_mask has length {m.shape[1]}, the keys have length {k_len}")
         if bool(m.all()):
             return None
-        return m.bool()[:, None, None, :]  # (B, 1, 1, L): hide padding keys
+        return m.bool()[:, None, None, :]  # (B, 1, 1, K): hide padding keys
     if m.dim() == 3:
         m = m[:, None]
-    if m.dim() != 4 or m.shape[-1] != length or m.shape[-2] != length:
+    if m.dim() != 4 or m.shape[-1] != k_len or m.shape[-2] != q_len:
         shape = tuple(attention_mask.shape)
-        raise ValueError(f"attention_mask must be (B, L), (B, L, L) or (B, 1, L, L) with L={length}, got {shape}")
+        raise ValueError(
+            f"attention_mask must be (B, K), (B, Q, K) or (B, 1, Q, K) with Q={q_len}, K={k_len}, got {shape}"
+        )
     return m if m.is_floating_point() else m.bool()
 
 
@@ -96,7 +103,8 @@ class LLaDABackbone(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        cache: object | None = None,
+        cache: KVCache | None = None,
+        cache_start: int = 0,
         return_logits: bool = True,
         output_hidden_states: bool = False,
     ) -> BackboneOutput:
@@ -106,8 +114,13 @@ class LLaDABackbone(nn.Module):
             input_ids: (B, L) token ids, or None when `inputs_embeds` is given.
             inputs_embeds: (B, L, D) embeddings (modalities spliced in), instead of `input_ids`.
             attention_mask: see `attention_bias`.
-            position_ids: (B, L) rotary positions; None means 0..L-1 (the released LLaDA behaviour).
-            cache: reserved for key/value caches; must be None for now.
+            position_ids: (B, L) rotary positions; None means 0..L-1 (the released LLaDA behaviour), or
+                cache_start..cache_start+L-1 with a cache.
+            cache: a `KVCache`. Empty: this forward runs over the whole canvas and fills it. Filled: the
+                inputs are canvas positions [cache_start, cache_start + L); their keys and values
+                overwrite the cache there and their queries attend over the whole cached canvas (then
+                `attention_mask` is (B, canvas) or (B, L, canvas)).
+            cache_start: first canvas position of the inputs when the cache is filled.
             return_logits: False skips the output head and returns the final hidden states only
                 (the loss applies the head to masked positions itself).
             output_hidden_states: also return the final hidden states (B, L, D) with the logits.
@@ -115,28 +128,30 @@ class LLaDABackbone(nn.Module):
         Returns:
             BackboneOutput with logits (B, L, V) and/or hidden_states (B, L, D).
         """
-        if cache is not None:
-            raise NotImplementedError("key/value caches are not supported by LLaDABackbone yet")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         if x.dim() != 3 or x.shape[-1] != self.config.d_model:
             raise ValueError(f"embeddings must be (B, L, {self.config.d_model}), got {tuple(x.shape)}")
         b, n, _ = x.shape
-        if n > self.config.max_seq_len:
-            raise ValueError(f"sequence length {n} exceeds the context of {self.config.max_seq_len} tokens")
+        filled = cache is not None and cache.filled
+        if not filled and cache_start:
+            raise ValueError("cache_start needs a filled cache")
+        total = cache.length if filled else n
+        if total > self.config.max_seq_len:
+            raise ValueError(f"sequence length {total} exceeds the context of {self.config.max_seq_len} tokens")
         if position_ids is None:
-            position_ids = torch.arange(n, device=x.device)[None].expand(b, n)
+            position_ids = torch.arange(cache_start, cache_start + n, device=x.device)[None].expand(b, n)
         elif position_ids.shape[-1] != n:
             raise ValueError(f"position_ids has length {position_ids.shape[-1]}, inputs have length {n}")
         cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
-        mask = attention_bias(attention_mask, n)
-        for block in self.blocks:
-            x = block(x, cos, sin, mask)
+        mask = attention_bias(attention_mask, n, total)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, None if cache is None else (cache, i, cache_start))
         hidden = self.ln_f(x)
         logits = self.head(hidden) if return_logits else None
         keep_hidden = output_hidden_states or not return_logits
-        return BackboneOutput(logits=logits, hidden_states=hidden if keep_hidden else None)
+        return BackboneOutput(logits=logits, hidden_states=hidden if keep_hidden else None, cache=cache)
 
 
 def create_backbone(

@@ -5,7 +5,15 @@ Importing this package registers the policies; `create_sampler(config)` builds o
 
 from __future__ import annotations
 
-from multimodal.sampling import low_confidence, random_remasking  # noqa: F401  (fill the registry)
+from multimodal.sampling import (  # noqa: F401  (fill the registry)
+    dilated,
+    entropy_bounded,
+    factor,
+    first_hitting,
+    low_confidence,
+    random_remasking,
+    threshold,
+)
 from multimodal.sampling.base import (
     SAMPLERS,
     Sampler,

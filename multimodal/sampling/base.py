@@ -12,7 +12,7 @@ order) and, for parallel policies, `select` (how many).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -44,6 +44,10 @@ class SamplerConfig:
         eos_lowest_confidence: commit EOS/EoT candidates only after every other candidate.
         stop_at_eos: once an EOS is committed, everything after it becomes EOS and the sequence
             stops there (later blocks are skipped).
+        cache: ``none``, Fast-dLLM ``prefix`` or ``dual`` (approximate, refreshed once per block), or
+            ``block`` (exact; needs block-causal attention). See forward.py.
+        attention: ``full`` (bidirectional, LLaDA) or ``block_causal`` (a position sees the prompt,
+            earlier blocks and its own block).
     """
 
     name: str = "low_confidence"
@@ -55,12 +59,20 @@ class SamplerConfig:
     forbid_eos: bool = False
     eos_lowest_confidence: bool = False
     stop_at_eos: bool = False
+    cache: Literal["none", "prefix", "dual", "block"] = "none"
+    attention: Literal["full", "block_causal"] = "full"
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.gen_length <= 0 or self.block_length <= 0:
             raise SamplerError("steps, gen_length and block_length must be positive")
         if self.temperature < 0:
             raise SamplerError(f"temperature must be >= 0, got {self.temperature}")
+        if self.cache not in ("none", "prefix", "dual", "block"):
+            raise SamplerError(f"unknown cache '{self.cache}' (none, prefix, dual, block)")
+        if self.attention not in ("full", "block_causal"):
+            raise SamplerError(f"unknown attention '{self.attention}' (full, block_causal)")
+        if self.cache == "block" and self.attention != "block_causal":
+            raise SamplerError("cache 'block' is exact only with attention 'block_causal'; use prefix or dual")
 
 
 @dataclass(frozen=True)
@@ -126,12 +138,22 @@ def top_quota(score: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
 
 
 class Sampler:
-    """Base policy. Subclasses set `Config` and override `confidence` and possibly `select`."""
+    """Base policy. Subclasses set `Config` and override `confidence` and possibly `select`.
+
+    Attributes:
+        adaptive: the policy commits a variable number of tokens per step; the loop then runs until
+            the block is filled (at most `block_steps` iterations) instead of a fixed step count.
+    """
 
     Config = SamplerConfig
+    adaptive = False
 
     def __init__(self, config: SamplerConfig):
         self.config = config
+
+    def block_steps(self, block_length: int, steps_per_block: int) -> int:
+        """Iterations of the loop for one block (the configured steps; adaptive policies: the block size)."""
+        return block_length if self.adaptive else steps_per_block
 
     def quota(self, num_masked: torch.Tensor, steps: int) -> torch.Tensor:
         """(B, steps) planned commits per step for a block (the LLaDA even split)."""
@@ -141,7 +163,7 @@ class Sampler:
         """(B, Lb) float64 score of each candidate; higher is committed earlier."""
         raise NotImplementedError
 
-    def select(self, score: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
+    def select(self, score: torch.Tensor, quota: torch.Tensor, step: int) -> torch.Tensor:
         """(B, Lb) bool positions to commit, given scores (-inf where not masked) and the quota."""
         return top_quota(score, quota)
 
@@ -152,6 +174,7 @@ class Sampler:
         quota: torch.Tensor,
         special: SpecialIds,
         generator: torch.Generator | None = None,
+        step: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One denoising step on a block.
 
@@ -161,6 +184,7 @@ class Sampler:
             quota: (B,) number of positions to commit (policies may commit more or fewer).
             special: mask / EOS / EoT ids.
             generator: randomness for Gumbel noise and random policies.
+            step: index of this step inside the block (positional policies use it).
 
         Returns:
             x0: (B, Lb) candidate tokens.
@@ -178,7 +202,7 @@ class Sampler:
                     score = torch.where(x0 == tok, score - EOS_PENALTY, score)
         score = torch.where(masked, score, torch.full_like(score, -torch.inf))
         quota = torch.minimum(quota, masked.sum(-1))
-        return x0, self.select(score, quota)
+        return x0, self.select(score, quota, step) & masked
 
 
 def candidate_probability(logits: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

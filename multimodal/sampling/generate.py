@@ -10,12 +10,16 @@ reference, this loop handles:
   (the reference counts positions from the first pad, which changes the result);
 * classifier-free guidance (the unconditional branch masks the prompt, both branches in one forward);
 * EOS early stop (everything after a committed EOS becomes EOS, exhausted blocks are skipped);
+* key/value caches and block-causal attention (forward.py), and adaptive policies that commit a
+  variable number of tokens per step (the loop then runs until the block is filled);
 * the output head applied only to the current block's positions;
 * a per-step callback and the step at which each token was committed (to draw the denoising order).
 
+A fixed-schedule policy without EOS stop runs a block without any host synchronisation.
+
 The model is any callable ``model(input_ids, attention_mask=, position_ids=, return_logits=False,
 **model_kwargs)`` returning hidden states, with a ``head`` method (the backbone and the multimodal
-model both are).
+model both are); caches also need its ``cache=`` / ``cache_start=`` arguments.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import torch
 
 from multimodal.sampling.base import Sampler, SamplerError, SpecialIds, StepInfo
+from multimodal.sampling.forward import CanvasForward
 from multimodal.types import SampleOutput
 
 
@@ -79,50 +84,34 @@ def _denoise(
     """Decode the masked positions of x[:, region] block by block (shared by generate and infill)."""
     cfg = sampler.config
     mask_id = special.mask_id
-    position_ids = None
-    if attention_mask is not None and not bool(attention_mask.all()):
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)  # (B, L), skips left padding
+    forward = CanvasForward(model, x, attention_mask, conditioned, blocks, cfg, special, model_kwargs)
     r0, r1 = region
     commit_step = torch.where(x[:, r0:r1] == mask_id, -2, -1).to(x.device)  # -1: given, -2: not yet committed
-    nfe = 0
-
-    def block_logits(start: int, end: int) -> torch.Tensor:
-        inp, am, pos = x, attention_mask, position_ids
-        if cfg.cfg_scale > 0:
-            uncond = torch.where(conditioned, torch.full_like(x, mask_id), x)
-            inp = torch.cat([x, uncond])
-            am = None if am is None else torch.cat([am, am])
-            pos = None if pos is None else torch.cat([pos, pos])
-        out = model(inp, attention_mask=am, position_ids=pos, return_logits=False, **model_kwargs)
-        logits = model.head(out.hidden_states[:, start:end]).float()  # (B or 2B, Lb, V)
-        if cfg.cfg_scale > 0:
-            cond, uncond_logits = logits.chunk(2)
-            logits = uncond_logits + (cfg.cfg_scale + 1.0) * (cond - uncond_logits)
-        return logits
-
+    # Fixed-schedule policies need no host synchronisation inside a block; adaptive ones and EOS stops do.
+    check_done = sampler.adaptive or cfg.stop_at_eos
     for b, (s, e) in enumerate(blocks):
         masked = x[:, s:e] == mask_id
         if not bool(masked.any()):
             continue
-        quota = sampler.quota(masked.sum(-1), steps_per_block)  # (B, steps)
-        for i in range(steps_per_block):
+        n_steps = sampler.block_steps(e - s, steps_per_block)
+        quota = sampler.quota(masked.sum(-1), n_steps)  # (B, n_steps)
+        for i in range(n_steps):
             masked = x[:, s:e] == mask_id
-            if not bool(masked.any()):
+            if check_done and i and not bool(masked.any()):
                 break
-            logits = block_logits(s, e)
-            nfe += 1
-            x0, commit = sampler.step(logits, masked, quota[:, i], special, generator)
+            logits = forward.logits(b, i)
+            x0, commit = sampler.step(logits, masked, quota[:, i], special, generator, step=i)
             x[:, s:e] = torch.where(commit, x0, x[:, s:e])
             committed = torch.zeros_like(x, dtype=torch.bool)
             committed[:, s:e] = commit
             if cfg.stop_at_eos and special.eos_id is not None:
                 committed |= _fill_after_eos(x, r0, r1, special.eos_id, mask_id)
-            commit_step[committed[:, r0:r1]] = nfe - 1
+            commit_step[committed[:, r0:r1]] = forward.nfe - 1
             if callback is not None:
-                callback(StepInfo(nfe=nfe, block=b, step=i, x=x, committed=committed, region=region))
-        if not bool((x[:, r0:r1] == mask_id).any()):
+                callback(StepInfo(nfe=forward.nfe, block=b, step=i, x=x, committed=committed, region=region))
+        if check_done and not bool((x[:, r0:r1] == mask_id).any()):
             break
-    return SampleOutput(sequences=x, generated=x[:, r0:r1], commit_step=commit_step, nfe=nfe)
+    return SampleOutput(sequences=x, generated=x[:, r0:r1], commit_step=commit_step, nfe=forward.nfe)
 
 
 def _fill_after_eos(x: torch.Tensor, r0: int, r1: int, eos_id: int, mask_id: int) -> torch.Tensor:

@@ -60,3 +60,12 @@ class TableModel(torch.nn.Module):
 @pytest.fixture
 def table_model():
     return TableModel
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

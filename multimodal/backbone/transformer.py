@@ -28,7 +28,8 @@ def attention_bias(attention_mask: torch.Tensor | None, q_len: int, k_len: int |
     Args:
         attention_mask: None; (B, K) with 1 for real tokens and 0 for padding (padding keys are
             hidden from every query); or (B, Q, K) / (B, 1, Q, K) saying which query may attend
-            which key (bool or 0/1), or a float additive bias of that shape.
+            which key (bool or 0/1), or a float additive bias of that shape; (B, 1, 1, K) is a key
+            mask that is used as given (no check for all-ones, so no host synchronisation).
         q_len: number of queries Q (the inputs of this forward).
         k_len: number of keys K (the whole cached canvas when a cache is used; default Q).
 
@@ -47,7 +48,7 @@ def attention_bias(attention_mask: torch.Tensor | None, q_len: int, k_len: int |
         return m.bool()[:, None, None, :]  # (B, 1, 1, K): hide padding keys
     if m.dim() == 3:
         m = m[:, None]
-    if m.dim() != 4 or m.shape[-1] != k_len or m.shape[-2] != q_len:
+    if m.dim() != 4 or m.shape[-1] != k_len or m.shape[-2] not in (1, q_len):
         shape = tuple(attention_mask.shape)
         raise ValueError(
             f"attention_mask must be (B, K), (B, Q, K) or (B, 1, Q, K) with Q={q_len}, K={k_len}, got {shape}"

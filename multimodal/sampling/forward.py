@@ -57,12 +57,12 @@ class CanvasForward:
         self.guided = config.cfg_scale > 0
         padded = attention_mask is not None and not bool(attention_mask.all())
         self.position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0) if padded else None
-        mask: torch.Tensor | None = attention_mask.bool() if padded else None  # (B, L) key padding
+        mask: torch.Tensor | None = attention_mask.bool()[:, None, None, :] if padded else None  # (B, 1, 1, L)
         if config.attention == "block_causal":
             blk = block_ids(n, blocks, x.device)
             allowed = blk[None, :] <= blk[:, None]  # (L, L): query row, key column
-            allowed = allowed[None].expand(b, n, n)
-            mask = allowed & mask[:, None, :] if mask is not None else allowed  # (B, L, L)
+            allowed = allowed[None, None].expand(b, 1, n, n)
+            mask = allowed & mask if mask is not None else allowed  # (B, 1, L, L)
         self.mask = mask
         if self.guided:  # conditional rows, then unconditional rows
             self.position_ids = None if self.position_ids is None else torch.cat([self.position_ids] * 2)
@@ -84,8 +84,8 @@ class CanvasForward:
         inp = self._inputs()[:, lo:hi]
         pos = None if self.position_ids is None else self.position_ids[:, lo:hi]
         mask = self.mask
-        if mask is not None and mask.dim() == 3:
-            mask = mask[:, lo:hi]  # query rows of this call, every key column
+        if mask is not None and mask.shape[2] > 1:
+            mask = mask[:, :, lo:hi]  # query rows of this call, every key column
         kwargs: dict[str, Any] = dict(attention_mask=mask, position_ids=pos, return_logits=False, **self.kwargs)
         if cache_start is not None:
             if cache_start == 0 and hi - lo == self.x.shape[1]:

@@ -1,0 +1,183 @@
+"""Decoding speed and quality: a table of policy x cache x block length.
+
+Two modes:
+
+* ``--preset NAME`` (random weights): speed only. Prompts of `--prompt` random tokens, `--gen` new
+  tokens; each row reports NFE, generated tokens per second and, for cached rows, the fraction of
+  generated tokens identical to the uncached run of the same policy (1.000 = identical; the exact
+  block cache under block-causal attention must be identical).
+* ``--run RUN_DIR`` (a trained run): also the task metric on its test split (`--limit` examples),
+  so the fastest setting that keeps the metric can be read off.
+
+    python benchmarks/decode.py --preset llada_tiny --gen 256 --block 32 --prompt 128
+    python benchmarks/decode.py --run runs/digits_reverse --limit 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import torch
+
+from multimodal.backbone import backbone_preset, create_backbone
+from multimodal.sampling import SpecialIds, create_sampler, generate, sampler_config_class
+
+POLICIES = {
+    "one-per-step": ("low_confidence", {}),
+    "threshold 0.9": ("threshold", {"threshold": 0.9}),
+    "threshold 0.7": ("threshold", {"threshold": 0.7}),
+    "factor 1.0": ("factor", {"factor": 1.0}),
+    "entropy 0.3": ("entropy_bounded", {"gamma": 0.3}),
+    "dilated": ("dilated", {}),
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_generate(model, prompts, cfg, special, device, attention_mask=None, repeats=1):
+    sampler = create_sampler(cfg)
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = generate(
+            model,
+            prompts,
+            sampler,
+            special,
+            attention_mask=attention_mask,
+            generator=torch.Generator(device=device).manual_seed(0),
+        )
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+def config_for(policy: str, cache: str, block: int, gen: int, steps: int | None, **extra):
+    name, knobs = POLICIES[policy]
+    steps = steps or gen  # one token per step for the fixed-schedule policy
+    return sampler_config_class(name)(
+        name=name, steps=steps, gen_length=gen, block_length=block, cache=cache, **knobs, **extra
+    )
+
+
+def preset_table(args) -> None:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    cfg = backbone_preset(args.preset, max_seq_len=max(args.prompt + args.gen, 64))
+    model = create_backbone(cfg, device=device).eval()
+    if args.dtype != "float32":
+        model.to(getattr(torch, args.dtype))
+    vocab = cfg.vocab_size
+    special = SpecialIds(mask_id=vocab - 1, eos_id=vocab - 2)
+    g = torch.Generator().manual_seed(1)
+    lengths = [args.prompt] * args.batch
+    if args.mixed and args.batch > 1:
+        lengths = [max(1, args.prompt - (i * args.prompt) // (2 * args.batch)) for i in range(args.batch)]
+    prompts = [torch.randint(4, vocab - 3, (n,), generator=g).tolist() for n in lengths]
+    print(
+        f"{args.preset} random weights, {args.dtype}, batch {args.batch} "
+        f"(prompt lengths {min(lengths)}-{max(lengths)}), "
+        f"gen {args.gen}, device {device}, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"| {'policy':<14} | {'cache':<7} | {'block':>5} | {'NFE':>5} | {'tok/s':>9} | {'vs uncached':>11} | "
+        f"{'same tokens':>11} |"
+    )
+    print(f"|{'-' * 16}|{'-' * 9}|{'-' * 7}|{'-' * 7}|{'-' * 11}|{'-' * 13}|{'-' * 13}|")
+    for policy in args.policies.split(","):
+        for block in (int(b) for b in args.blocks.split(",")):
+            base_rate, base_tokens = None, None
+            for cache in args.caches.split(","):
+                extra = {}
+                if cache == "block":
+                    extra["attention"] = "block_causal"
+                cfg_s = config_for(policy, cache, block, args.gen, args.steps, **extra)
+                out, seconds = timed_generate(model, prompts, cfg_s, special, device, repeats=args.repeats)
+                tokens = out.generated.numel()
+                rate = tokens / seconds
+                if cache == "none":
+                    base_rate, base_tokens = rate, out.generated
+                same = "(ref)" if cache == "none" else f"{(out.generated == base_tokens).float().mean():.3f}"
+                if cache == "block":  # compare with the uncached block-causal run
+                    ref_cfg = dataclasses.replace(cfg_s, cache="none")
+                    ref, _ = timed_generate(model, prompts, ref_cfg, special, device)
+                    same = f"{(out.generated == ref.generated).float().mean():.3f}"
+                ratio = f"{rate / base_rate:.2f}x" if base_rate else ""
+                cells = f"{out.nfe:>5} | {rate:>9.1f} | {ratio:>11} | {same:>11}"
+                print(f"| {policy:<14} | {cache:<7} | {block:>5} | {cells} |")
+
+
+def run_table(args) -> None:
+    from multimodal.train.run import evaluate, load_run
+
+    run = load_run(args.run)
+    base = run.config.sampler
+    print(
+        f"run {args.run}: task {run.config.task.name}, test split, {args.limit} examples, "
+        f"gen {base.gen_length}, device {run.config.device}"
+    )
+    print(f"| {'policy':<14} | {'cache':<7} | {'block':>5} | {'NFE/batch':>9} | {'tok/s':>9} | metric |")
+    print(f"|{'-' * 16}|{'-' * 9}|{'-' * 7}|{'-' * 11}|{'-' * 11}|--------|")
+    for policy in args.policies.split(","):
+        for block in (int(b) for b in args.blocks.split(",")):
+            if base.gen_length % block:
+                continue
+            for cache in args.caches.split(","):
+                if cache == "block":
+                    continue
+                name, knobs = POLICIES[policy]
+                fields = {
+                    k: v
+                    for k, v in dataclasses.asdict(base).items()
+                    if k in {"temperature", "cfg_scale", "forbid_eos", "eos_lowest_confidence", "stop_at_eos"}
+                }
+                run.config.sampler = sampler_config_class(name)(
+                    name=name,
+                    steps=base.gen_length,
+                    gen_length=base.gen_length,
+                    block_length=block,
+                    cache=cache,
+                    **knobs,
+                    **fields,
+                )
+                m = evaluate(run, "test", args.limit, batch_size=args.limit)
+                metric_name = next(k for k in m if isinstance(m[k], float) and k not in ("decode_seconds",))
+                cells = f"{m['nfe']:>9} | {m['canvas_tokens_per_second']:>9.1f} | {metric_name} {m[metric_name]:.3f}"
+                print(f"| {policy:<14} | {cache:<7} | {block:>5} | {cells} |")
+    run.config.sampler = base
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default=None)
+    p.add_argument("--run", default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--mixed", action="store_true", help="prompts of mixed lengths (left-padded)")
+    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--gen", type=int, default=256)
+    p.add_argument("--steps", type=int, default=None, help="steps for fixed-schedule policies (default: gen)")
+    p.add_argument("--blocks", default="32")
+    p.add_argument("--caches", default="none,prefix,dual")
+    p.add_argument("--policies", default="one-per-step")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--limit", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.run:
+        run_table(args)
+    else:
+        preset_table(args)
+
+
+if __name__ == "__main__":
+    main()

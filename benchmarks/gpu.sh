@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Every GPU figure in one script (run from the repository root on the device machine):
+# correctness on the GPU against the CPU reference, then the decoding tables of benchmarks/decode.py.
+# The device image has torch, lightning, safetensors, pyyaml and tqdm; the project runs from the tree.
+set -euo pipefail
+export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__)"
+python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+# Issue figure 1: llada_1b, batch 1, prompt 128, gen 256, block 32, one token per step.
+python3 benchmarks/decode.py --preset llada_1b --dtype bfloat16 --prompt 128 --gen 256 --blocks 32 \
+  --caches none,prefix,dual --repeats 2
+# Issue figure 2: the same at batch 16 with prompts of mixed lengths, caches on.
+python3 benchmarks/decode.py --preset llada_1b --dtype bfloat16 --prompt 128 --gen 256 --blocks 32 \
+  --batch 16 --mixed --caches none,prefix,dual --repeats 1

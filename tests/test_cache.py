@@ -74,3 +74,13 @@ def test_cache_errors(model):
     model(torch.ones(1, 8, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="outside the cached canvas"):
         model(torch.ones(1, 4, dtype=torch.long), cache=cache, cache_start=6)
+
+
+def test_indexed_partial_forward_on_an_unchanged_canvas_is_exact(model):
+    ids = torch.randint(4, 256, (2, 20))
+    full = model(ids).logits
+    cache = KVCache()
+    model(ids, cache=cache)
+    positions = torch.tensor([[3, 7, 8, 15, 15], [0, 2, 19, 19, 19]])  # repeated positions are allowed
+    part = model(ids.gather(1, positions), cache=cache, cache_start=positions)
+    torch.testing.assert_close(part.logits, full[torch.arange(2)[:, None], positions], atol=1e-5, rtol=1e-5)

@@ -164,3 +164,24 @@ def test_cache_config_errors():
         sampler(cache="block")
     with pytest.raises(SamplerError, match="threshold must be positive"):
         sampler("threshold", threshold=0.0)
+
+
+def test_delayed_cache_refreshing_every_step_is_the_uncached_loop():
+    model = tiny(seed=5)
+    base = dict(steps=16, gen_length=16, block_length=8)
+    ref = generate(model, [[9, 8, 7]], sampler(**base), SPECIAL)
+    out = generate(model, [[9, 8, 7]], sampler(cache="delayed", refresh_every=1, **base), SPECIAL)
+    assert out.sequences.tolist() == ref.sequences.tolist()
+
+
+@pytest.mark.parametrize("policy", [("low_confidence", {}), ("threshold", {"threshold": 0.2})])
+def test_delayed_cache_batched_mixed_lengths_equal_decoding_alone(policy):
+    model = tiny(seed=6)
+    name, knob = policy
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [20, 21], [30, 31, 32, 33]]
+    cfg = dict(steps=24, gen_length=24, block_length=8, cache="delayed", refresh_every=4, stop_at_eos=True, **knob)
+    batch = generate(model, prompts, sampler(name, **cfg), SPECIAL)
+    assert not (batch.generated == MASK).any()
+    for i, p in enumerate(prompts):
+        alone = generate(model, [p], sampler(name, **cfg), SPECIAL)
+        assert batch.generated[i].tolist() == alone.generated[0].tolist()

@@ -1,12 +1,14 @@
-"""Key/value caches for decoding (Fast-dLLM prefix and dual caches, exact block caches).
+"""Key/value caches for decoding (Fast-dLLM prefix and dual caches, exact block caches, dKV delayed caches).
 
 A `KVCache` holds, per layer, the rotated keys and the values of every position of a canvas of
 length L: (B, H_kv, L, head_dim). It is filled by a full forward (an empty cache passed to the
 backbone) and then updated by partial forwards: the inputs are the canvas positions
-[start, start + n), their keys and values overwrite those positions in the cache, and their
-queries attend over all L cached positions. Which slice is recomputed, and how often the whole
-cache is refreshed, is the sampler's business (prefix cache: everything from the current block on;
-dual cache: the current block only; both refreshed once per block).
+[start, start + n) (or any positions, given as a (B, n) tensor), their keys and values overwrite
+those positions in the cache, and their queries attend over all L cached positions. Which
+positions are recomputed, and how often the whole cache is refreshed, is the sampler's business
+(prefix cache: everything from the current block on; dual cache: the current block only; both
+refreshed once per block; delayed cache: the positions still masked or decoded at the previous
+step).
 """
 
 from __future__ import annotations
@@ -39,17 +41,27 @@ class KVCache:
         self.keys.clear()
         self.values.clear()
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store (B, H_kv, n, hd) keys/values at positions [start, start + n) of `layer`; return the full cache.
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, H_kv, n, hd) keys/values of `layer` and return the layer's whole cache.
 
-        On an empty layer (the filling forward) `start` must be 0 and the inputs become the cache.
+        `start` is the first canvas position of a contiguous slice [start, start + n), or a (B, n)
+        tensor of canvas positions, one row per sequence (repeated positions must carry equal
+        values). On an empty layer (the filling forward) `start` must be 0 and the inputs become
+        the cache.
         """
         if layer == len(self.keys):
-            if start != 0:
+            if isinstance(start, torch.Tensor) or start != 0:
                 raise ValueError("an empty cache must be filled by a forward over the whole canvas (start 0)")
             self.keys.append(k)
             self.values.append(v)
             return k, v
+        if isinstance(start, torch.Tensor):
+            index = start[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])  # (B, H_kv, n, hd)
+            self.keys[layer].scatter_(2, index, k)
+            self.values[layer].scatter_(2, index, v)
+            return self.keys[layer], self.values[layer]
         n = k.shape[2]
         if start < 0 or start + n > self.keys[layer].shape[2]:
             raise ValueError(f"positions [{start}, {start + n}) fall outside the cached canvas of {self.length}")

@@ -83,7 +83,7 @@ class LLaDABlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None,
-        kv: tuple[KVCache, int, int] | None = None,
+        kv: tuple[KVCache, int, int | torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Self-attention of (B, n, D) inputs; `attn_mask` is boolean (True = may attend) or additive.
 
@@ -114,7 +114,7 @@ class LLaDABlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None,
-        kv: tuple[KVCache, int, int] | None = None,
+        kv: tuple[KVCache, int, int | torch.Tensor] | None = None,
     ) -> torch.Tensor:
         x = x + self.attention(x, cos, sin, attn_mask, kv)
         return x + self.mlp(x)

@@ -105,7 +105,7 @@ class LLaDABackbone(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        cache_start: int = 0,
+        cache_start: int | torch.Tensor = 0,
         return_logits: bool = True,
         output_hidden_states: bool = False,
     ) -> BackboneOutput:
@@ -121,7 +121,8 @@ class LLaDABackbone(nn.Module):
                 inputs are canvas positions [cache_start, cache_start + L); their keys and values
                 overwrite the cache there and their queries attend over the whole cached canvas (then
                 `attention_mask` is (B, canvas) or (B, L, canvas)).
-            cache_start: first canvas position of the inputs when the cache is filled.
+            cache_start: first canvas position of the inputs when the cache is filled, or a (B, L)
+                tensor of the canvas position of every input (any positions, e.g. dKV's delayed set).
             return_logits: False skips the output head and returns the final hidden states only
                 (the loss applies the head to masked positions itself).
             output_hidden_states: also return the final hidden states (B, L, D) with the logits.
@@ -136,12 +137,15 @@ class LLaDABackbone(nn.Module):
             raise ValueError(f"embeddings must be (B, L, {self.config.d_model}), got {tuple(x.shape)}")
         b, n, _ = x.shape
         filled = cache is not None and cache.filled
-        if not filled and cache_start:
+        indexed = isinstance(cache_start, torch.Tensor)
+        if not filled and (indexed or cache_start):
             raise ValueError("cache_start needs a filled cache")
         total = cache.length if filled else n
         if total > self.config.max_seq_len:
             raise ValueError(f"sequence length {total} exceeds the context of {self.config.max_seq_len} tokens")
-        if position_ids is None:
+        if position_ids is None and indexed:
+            position_ids = cache_start
+        elif position_ids is None:
             position_ids = torch.arange(cache_start, cache_start + n, device=x.device)[None].expand(b, n)
         elif position_ids.shape[-1] != n:
             raise ValueError(f"position_ids has length {position_ids.shape[-1]}, inputs have length {n}")

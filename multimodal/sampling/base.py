@@ -44,8 +44,9 @@ class SamplerConfig:
         eos_lowest_confidence: commit EOS/EoT candidates only after every other candidate.
         stop_at_eos: once an EOS is committed, everything after it becomes EOS and the sequence
             stops there (later blocks are skipped).
-        cache: ``none``, Fast-dLLM ``prefix`` or ``dual`` (approximate, refreshed once per block), or
-            ``block`` (exact; needs block-causal attention). See forward.py.
+        cache: ``none``, Fast-dLLM ``prefix`` or ``dual`` (approximate, refreshed once per block),
+            ``block`` (exact; needs block-causal attention) or dKV-style ``delayed``. See forward.py.
+        refresh_every: with the delayed cache, a full forward refreshes the cache every this many steps.
         attention: ``full`` (bidirectional, LLaDA) or ``block_causal`` (a position sees the prompt,
             earlier blocks and its own block).
     """
@@ -59,16 +60,19 @@ class SamplerConfig:
     forbid_eos: bool = False
     eos_lowest_confidence: bool = False
     stop_at_eos: bool = False
-    cache: Literal["none", "prefix", "dual", "block"] = "none"
+    cache: Literal["none", "prefix", "dual", "block", "delayed"] = "none"
     attention: Literal["full", "block_causal"] = "full"
+    refresh_every: int = 8
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.gen_length <= 0 or self.block_length <= 0:
             raise SamplerError("steps, gen_length and block_length must be positive")
         if self.temperature < 0:
             raise SamplerError(f"temperature must be >= 0, got {self.temperature}")
-        if self.cache not in ("none", "prefix", "dual", "block"):
-            raise SamplerError(f"unknown cache '{self.cache}' (none, prefix, dual, block)")
+        if self.cache not in ("none", "prefix", "dual", "block", "delayed"):
+            raise SamplerError(f"unknown cache '{self.cache}' (none, prefix, dual, block, delayed)")
+        if self.refresh_every <= 0:
+            raise SamplerError(f"refresh_every must be positive, got {self.refresh_every}")
         if self.attention not in ("full", "block_causal"):
             raise SamplerError(f"unknown attention '{self.attention}' (full, block_causal)")
         if self.cache == "block" and self.attention != "block_causal":

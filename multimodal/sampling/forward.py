@@ -12,6 +12,11 @@ loop stays one loop whatever the cache:
 * ``block`` (exact, block-causal attention only): the cache persists across blocks; a block's first
   step recomputes the previous block (now final) and the current one, later steps the current one.
   Since no position attends to later blocks, this gives the same tokens as no cache.
+* ``delayed`` (dKV-Cache-Decode): a full forward at a block's first step and every `refresh_every`
+  steps; other steps recompute only the positions that were still masked at the previous step
+  (those masked now and those decoded then), so a decoded token's keys and values are cached one
+  step after it is decoded, with its final identity, and reused from the step after. Rows with
+  fewer such positions repeat their last one (identical values, so the result is exact per row).
 
 Attention is ``full`` (bidirectional, LLaDA) or ``block_causal`` (each position sees the prompt,
 earlier blocks and its own block; the prompt sees only itself). Left padding is hidden from
@@ -69,6 +74,7 @@ class CanvasForward:
             self.mask = None if mask is None else torch.cat([mask] * 2)
         self.cache = None
         self.final_upto = 0
+        self.prev_masked: torch.Tensor | None = None
         self.nfe = 0
 
     def _inputs(self) -> torch.Tensor:
@@ -76,6 +82,49 @@ class CanvasForward:
             return self.x
         uncond = torch.where(self.conditioned, torch.full_like(self.x, self.special.mask_id), self.x)
         return torch.cat([self.x, uncond])
+
+    def _call_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """Run the model on the canvas positions (B, n) through the cache; return (rows, n, D)."""
+        if self.guided:
+            positions = torch.cat([positions, positions])
+        inp = self._inputs().gather(1, positions)
+        pos = positions if self.position_ids is None else self.position_ids.gather(1, positions)
+        mask = self.mask
+        if mask is not None and mask.shape[2] > 1:  # block-causal rows of these queries
+            mask = mask.gather(2, positions[:, None, :, None].expand(-1, 1, -1, mask.shape[3]))
+        self.nfe += 1
+        out = self.model(
+            inp,
+            attention_mask=mask,
+            position_ids=pos,
+            return_logits=False,
+            cache=self.cache,
+            cache_start=positions,
+            **self.kwargs,
+        )
+        return out.hidden_states
+
+    def _delayed(self, s: int, e: int, step: int) -> torch.Tensor:
+        """Hidden states of block [s, e) under the delayed cache (module docstring)."""
+        masked = self.x == self.special.mask_id
+        recompute = self.prev_masked
+        self.prev_masked = masked
+        n = self.x.shape[1]
+        if self.cache is None or recompute is None or step % self.config.refresh_every == 0:
+            return self._call(0, n, 0)[:, s:e]
+        count = recompute.sum(1)  # (B,)
+        width = int(count.max())
+        order = torch.argsort((~recompute).to(torch.int8), dim=1, stable=True)  # recomputed positions first
+        slot = torch.minimum(torch.arange(width, device=order.device)[None], (count - 1).clamp_min(0)[:, None])
+        positions = order.gather(1, slot)  # (B, width); short rows repeat their last position
+        hidden = self._call_at(positions)
+        rows = hidden.shape[0]
+        block = torch.zeros(rows, e - s, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+        pos = torch.cat([positions, positions]) if self.guided else positions
+        inside = (pos >= s) & (pos < e)
+        r, c = inside.nonzero(as_tuple=True)
+        block[r, pos[r, c] - s] = hidden[r, c]
+        return block
 
     def _call(self, lo: int, hi: int, cache_start: int | None) -> torch.Tensor:
         """Run the model on canvas positions [lo, hi); return hidden states (rows, hi - lo, D)."""
@@ -106,6 +155,8 @@ class CanvasForward:
             else:
                 hi = n if mode == "prefix" else e
                 hidden = self._call(s, hi, s)[:, : e - s]
+        elif mode == "delayed":
+            hidden = self._delayed(s, e, step)
         else:  # exact block cache: positions before `final_upto` hold keys/values of final tokens
             if self.cache is None:
                 hidden = self._call(0, n, 0)[:, s:e]

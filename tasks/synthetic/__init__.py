@@ -1,0 +1,1 @@
+"""Embedded default data sets, generated offline and deterministically (shapes VQA, spoken corpus, proteome)."""

@@ -10,6 +10,7 @@ a checkpoint is always decodable. A Hugging Face tokenizer is only ever read fro
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +39,19 @@ class TokenizerConfig:
 
 
 class BuiltinTokenizer:
-    """Character- or word-level tokenizer with the diffusion special tokens at ids 0-3."""
+    """Character- or word-level tokenizer with the diffusion special tokens at ids 0-3.
 
-    def __init__(self, tokens: Iterable[str], level: Literal["char", "word"] = "char"):
+    Extra special tokens (modality placeholders such as ``<image>``) follow at ids 4, 5, ...; they
+    are matched as whole strings before the text is split, so ``<image>`` is one token even at
+    character level.
+    """
+
+    def __init__(self, tokens: Iterable[str], level: Literal["char", "word"] = "char", specials: Iterable[str] = ()):
         if level not in ("char", "word"):
             raise ValueError(f"unknown tokenizer level '{level}' (use 'char' or 'word')")
         self.level = level
-        vocab = list(SPECIALS)
+        self.extra_specials = [s for s in dict.fromkeys(specials) if s not in SPECIALS]
+        vocab = list(SPECIALS) + self.extra_specials
         for tok in tokens:
             if tok not in vocab:
                 vocab.append(tok)
@@ -52,23 +59,46 @@ class BuiltinTokenizer:
         self.ids = {tok: i for i, tok in enumerate(vocab)}
         self.pad_id, self.mask_id, self.eos_id, self.unk_id = (self.ids[s] for s in SPECIALS)
         self.eot_id: int | None = None
+        self.num_special = len(SPECIALS) + len(self.extra_specials)
+        pattern = "|".join(re.escape(s) for s in sorted(self.extra_specials, key=len, reverse=True))
+        self._special_re = re.compile(f"({pattern})") if pattern else None
 
     @classmethod
-    def build(cls, texts: Iterable[str], level: Literal["char", "word"] = "char") -> BuiltinTokenizer:
-        """Vocabulary = every character (or word) of `texts`, sorted for determinism."""
+    def build(
+        cls, texts: Iterable[str], level: Literal["char", "word"] = "char", specials: Iterable[str] = ()
+    ) -> BuiltinTokenizer:
+        """Vocabulary = every character (or word) of `texts` outside the special strings, sorted."""
+        probe = cls([], level, specials)
         seen: set[str] = set()
         for text in texts:
-            seen.update(text if level == "char" else text.split())
-        return cls(sorted(seen), level)
+            for piece in probe._pieces(text):
+                if piece not in probe.extra_specials:
+                    seen.update(probe.split(piece))
+        return cls(sorted(seen), level, specials)
 
     def split(self, text: str) -> list[str]:
         return list(text) if self.level == "char" else text.split()
 
+    def _pieces(self, text: str) -> list[str]:
+        return [p for p in self._special_re.split(text) if p] if self._special_re else [text]
+
     def encode(self, text: str) -> list[int]:
-        return [self.ids.get(tok, self.unk_id) for tok in self.split(text)]
+        out: list[int] = []
+        for piece in self._pieces(text):
+            if piece in self.extra_specials:
+                out.append(self.ids[piece])
+            else:
+                out += [self.ids.get(tok, self.unk_id) for tok in self.split(piece)]
+        return out
+
+    def token_id(self, token: str) -> int:
+        """Id of a special token string such as ``<image>``."""
+        if token not in self.ids:
+            raise KeyError(f"token '{token}' is not in the vocabulary")
+        return self.ids[token]
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
-        special = set(range(len(SPECIALS))) if skip_special else set()
+        special = set(range(self.num_special)) if skip_special else set()
         toks = [self.vocab[i] for i in ids if i not in special and 0 <= i < len(self.vocab)]
         return ("" if self.level == "char" else " ").join(toks)
 
@@ -76,16 +106,19 @@ class BuiltinTokenizer:
         return len(self.vocab)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(
-            json.dumps({"type": "mmdiff-builtin", "level": self.level, "vocab": self.vocab}, indent=1)
-        )
+        data = {"type": "mmdiff-builtin", "level": self.level, "specials": self.extra_specials, "vocab": self.vocab}
+        Path(path).write_text(json.dumps(data, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> BuiltinTokenizer:
         data = json.loads(Path(path).read_text())
         if data.get("type") != "mmdiff-builtin" or list(data["vocab"][: len(SPECIALS)]) != list(SPECIALS):
             raise ValueError(f"{path} is not an mmdiff built-in tokenizer file")
-        return cls(data["vocab"][len(SPECIALS) :], data["level"])
+        specials = data.get("specials", [])
+        tok = cls(data["vocab"][len(SPECIALS) + len(specials) :], data["level"], specials)
+        if tok.vocab != data["vocab"]:
+            raise ValueError(f"{path}: vocabulary does not round-trip")
+        return tok
 
 
 class HFTokenizer:
@@ -116,6 +149,18 @@ class HFTokenizer:
         self.pad_id = int(self.tok.pad_token_id) if self.tok.pad_token_id is not None else self.eos_id
         self.eot_id = vocab.get(eot_token) if eot_token else None
 
+    def add_specials(self, specials: Iterable[str]) -> None:
+        """Register extra special tokens (modality placeholders); they get new ids at the end."""
+        new = [s for s in specials if s not in self.tok.get_vocab()]
+        if new:
+            self.tok.add_special_tokens({"additional_special_tokens": new})
+
+    def token_id(self, token: str) -> int:
+        vocab = self.tok.get_vocab()
+        if token not in vocab:
+            raise KeyError(f"token '{token}' is not in the vocabulary")
+        return int(vocab[token])
+
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
@@ -129,13 +174,20 @@ class HFTokenizer:
         self.tok.save_pretrained(str(folder))
 
 
-def build_tokenizer(config: TokenizerConfig, texts: Iterable[str] = ()) -> BuiltinTokenizer | HFTokenizer:
-    """Create the tokenizer a run asks for; built-in ones learn their vocabulary from `texts`."""
+def build_tokenizer(
+    config: TokenizerConfig, texts: Iterable[str] = (), specials: Iterable[str] = ()
+) -> BuiltinTokenizer | HFTokenizer:
+    """Create the tokenizer a run asks for; built-in ones learn their vocabulary from `texts`.
+
+    `specials` are extra special tokens (modality placeholders) the task needs.
+    """
     if config.kind == "hf":
         if not config.path:
             raise ValueError("tokenizer.kind 'hf' needs tokenizer.path (a local folder)")
-        return HFTokenizer(config.path, config.mask_token, config.eos_token, config.eot_token)
-    return BuiltinTokenizer.build(texts, config.kind)
+        tok = HFTokenizer(config.path, config.mask_token, config.eos_token, config.eot_token)
+        tok.add_specials(specials)
+        return tok
+    return BuiltinTokenizer.build(texts, config.kind, specials)
 
 
 def load_tokenizer(path: str | Path) -> BuiltinTokenizer | HFTokenizer:

@@ -70,3 +70,16 @@ def test_hf_tokenizer_errors(tmp_path):
         HFTokenizer(tmp_path, mask_token="<nope>")
     with pytest.raises(ValueError, match="needs tokenizer.path"):
         build_tokenizer(TokenizerConfig(kind="hf"))
+
+
+def test_placeholder_specials_are_single_tokens(tmp_path):
+    tok = BuiltinTokenizer.build(["<image>\nwhat colour?", "red"], "char", specials=["<image>"])
+    assert tok.token_id("<image>") == 4 and "<" not in tok.vocab
+    ids = tok.encode("<image>\nwhat")
+    assert ids[0] == 4 and len(ids) == 6
+    assert tok.decode(ids) == "\nwhat"
+    tok.save(tmp_path / "t.json")
+    again = BuiltinTokenizer.load(tmp_path / "t.json")
+    assert again.vocab == tok.vocab and again.encode("<image>red") == tok.encode("<image>red")
+    word = BuiltinTokenizer.build(["<audio> turn on the light"], "word", specials=["<audio>"])
+    assert word.encode("<audio> turn on") == [4, word.ids["turn"], word.ids["on"]]

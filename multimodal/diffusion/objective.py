@@ -68,6 +68,12 @@ def diffusion_loss(
         pos = None if pos is None else pos[:, :length]
     t = schedule.sample_t(x0.shape[0], antithetic=config.antithetic, generator=generator, device=x0.device)
     xt, masked = mask_tokens(x0, schedule.mask_prob(t), maskable, mask_id, generator)
+    if batch.modality_inputs:  # multimodal: the model encodes and splices them at the placeholders
+        model_kwargs = {
+            "modality_inputs": batch.modality_inputs,
+            "modality_masks": batch.modality_masks,
+            **model_kwargs,
+        }
     out = model(xt, attention_mask=attn, position_ids=pos, return_logits=False, **model_kwargs)
     weight = schedule.loss_weight(t) if config.weighting == "schedule" else torch.ones_like(t)
     head = getattr(model, "head_weight", None)  # a plain linear head takes the fused path

@@ -1,0 +1,97 @@
+"""The modality-encoder interface and the adapter that projects an encoder into the backbone.
+
+A `ModalityEncoder` turns preprocessed inputs of one modality into features (B, N, C); its
+`EncoderSpec` says where its weights come from (a local path, never a download) and how raw inputs
+are preprocessed, like timm's pretrained config. A projector maps (B, N, C) to (B, N', D) in the
+backbone's width. A `ModalityAdapter` is encoder + projector + a freezing policy, and is what the
+multimodal model splices at its placeholder tokens.
+
+Layering: `encoders` imports torch, third-party libraries and `multimodal.registry` (a dependency-free
+utility; DESIGN.md lists only the first two, but a private copy of the registry would drift).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from multimodal.registry import new_registry
+
+ENCODERS = new_registry("encoder", "encoder")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Weights source and preprocessing of an encoder.
+
+    Attributes:
+        weights: local file or folder with the pretrained weights, or None for random weights.
+        preprocess: modality-specific preprocessing settings (image size, mean/std, resize policy;
+            sample rate, mel bins; ...), recorded with every run.
+    """
+
+    weights: str | None = None
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+
+class ModalityEncoder(nn.Module):
+    """Base class of every tower.
+
+    Attributes:
+        modality: "image", "audio", "protein", ...
+        output_dim: feature width C.
+        spec: weights and preprocessing.
+    """
+
+    modality: str = "none"
+    output_dim: int = 0
+    spec: EncoderSpec = EncoderSpec()
+
+    def preprocess(self, raw: Any) -> torch.Tensor:
+        """Turn one raw input (an image, a waveform, a sequence) into the tensor `forward` takes."""
+        raise NotImplementedError
+
+    def num_tokens(self, inputs: torch.Tensor) -> int:
+        """Features per input before projection (for placeholder expansion)."""
+        raise NotImplementedError
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, ...) preprocessed inputs -> (B, N, C) features."""
+        raise NotImplementedError
+
+    def lock(self, unlocked_groups: int = 0) -> None:
+        """Freeze the tower, leaving the last `unlocked_groups` groups of layers trainable (0: all frozen)."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+
+class ModalityAdapter(nn.Module):
+    """Encoder + projector: raw-modality inputs to (B, N', D) embeddings for the backbone."""
+
+    def __init__(self, encoder: ModalityEncoder, projector: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+
+    @property
+    def modality(self) -> str:
+        return self.encoder.modality
+
+    def num_tokens(self, inputs: torch.Tensor) -> int:
+        """Embeddings one input becomes after projection."""
+        n = self.encoder.num_tokens(inputs)
+        return getattr(self.projector, "output_tokens", lambda m: m)(n)
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.projector(self.encoder(inputs, mask))
+
+
+def create_encoder(name: str, **kwargs: Any) -> ModalityEncoder:
+    return ENCODERS.create(name, **kwargs)
+
+
+def list_encoders(pattern: str = "*") -> list[str]:
+    return ENCODERS.names(pattern)

@@ -1,0 +1,141 @@
+"""`MultimodalDiffusionModel`: the shared backbone plus modality adapters spliced at placeholder tokens.
+
+Each modality has a placeholder token id; the data pipeline expands one placeholder per input into
+as many placeholder tokens as the adapter produces embeddings, so a row's placeholder positions,
+taken in order, receive that row's features in order (several images per sample simply follow one
+another). The model embeds the token ids, overwrites the placeholder positions with the projected
+features, and runs the backbone on the embeddings. Placeholders are prompt positions: they are
+never maskable, and the backbone's cache contract is unchanged (partial forwards over answer
+positions carry no placeholders).
+
+With classifier-free guidance the sampler runs 2B rows (conditional, then unconditional with the
+prompt masked): the unconditional rows hold no placeholder tokens, so features of B rows splice
+into the conditional rows only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from multimodal.backbone.transformer import LLaDABackbone
+from multimodal.types import BackboneOutput
+
+
+class MultimodalDiffusionModel(nn.Module):
+    """Backbone + per-modality adapters.
+
+    Args:
+        backbone: the LLaDA-style backbone.
+        adapters: modality name -> module mapping preprocessed inputs (B, ...) to (B, N, D).
+        placeholder_ids: modality name -> token id of its placeholder.
+    """
+
+    def __init__(self, backbone: LLaDABackbone, adapters: dict[str, nn.Module], placeholder_ids: dict[str, int]):
+        super().__init__()
+        missing = set(adapters) - set(placeholder_ids)
+        if missing:
+            raise ValueError(f"no placeholder token id for modalities: {', '.join(sorted(missing))}")
+        self.backbone = backbone
+        self.adapters = nn.ModuleDict(adapters)
+        self.placeholder_ids = dict(placeholder_ids)
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        return self.backbone.head_weight
+
+    def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.backbone.head(hidden_states)
+
+    def encode(
+        self, modality_inputs: dict[str, torch.Tensor], modality_masks: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Run each adapter once: (B, ...) inputs -> (B, N, D) features (computed once per generation)."""
+        masks = modality_masks or {}
+        out = {}
+        for name, inputs in modality_inputs.items():
+            if name not in self.adapters:
+                raise KeyError(f"no adapter for modality '{name}' (have: {', '.join(self.adapters) or 'none'})")
+            out[name] = self.adapters[name](inputs, masks.get(name))
+        return out
+
+    def splice(
+        self,
+        input_ids: torch.Tensor,
+        features: dict[str, torch.Tensor],
+        feature_masks: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings (B, L, D) with each modality's features written at its placeholder positions.
+
+        Args:
+            input_ids: (B, L) ids with placeholder tokens.
+            features: modality -> (B', N, D) features, B' <= B (rows beyond B' receive none).
+            feature_masks: modality -> (B', N) bool, which feature vectors are real (default: all).
+        """
+        embeds = self.backbone.embed(input_ids)
+        masks = feature_masks or {}
+        for name, feats in features.items():
+            where = input_ids == self.placeholder_ids[name]  # (B, L)
+            valid = masks.get(name)
+            valid = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device) if valid is None else valid
+            if feats.shape[0] < input_ids.shape[0]:  # guidance rows: no features
+                pad = input_ids.shape[0] - feats.shape[0]
+                feats = torch.cat([feats, feats.new_zeros(pad, *feats.shape[1:])])
+                valid = torch.cat([valid, valid.new_zeros(pad, valid.shape[1])])
+            have, need = valid.sum(1), where.sum(1)
+            if not torch.equal(have, need):
+                raise ValueError(
+                    f"{name}: rows hold {need.tolist()} placeholder tokens but {have.tolist()} feature "
+                    "vectors; expand each placeholder to the adapter's token count"
+                )
+            embeds = embeds.masked_scatter(where[..., None], feats[valid].to(embeds.dtype))
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: Any = None,
+        cache_start: int | torch.Tensor = 0,
+        return_logits: bool = True,
+        modality_inputs: dict[str, torch.Tensor] | None = None,
+        modality_masks: dict[str, torch.Tensor] | None = None,
+        modality_features: dict[str, torch.Tensor] | None = None,
+        feature_masks: dict[str, torch.Tensor] | None = None,
+    ) -> BackboneOutput:
+        """Backbone forward on token ids with modality features spliced in.
+
+        Pass either raw `modality_inputs` (encoded here) or precomputed `modality_features` (the
+        sampler encodes once and reuses them every step). Partial cached forwards (cache_start != 0)
+        carry no placeholders and take no features.
+        """
+        features = modality_features
+        if features is None and modality_inputs:
+            features = self.encode(modality_inputs, modality_masks)
+        partial = isinstance(cache_start, torch.Tensor) or cache_start != 0
+        if features and not partial:
+            embeds = self.splice(input_ids, features, feature_masks)
+            return self.backbone(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                cache_start=cache_start,
+                return_logits=return_logits,
+            )
+        return self.backbone(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            cache_start=cache_start,
+            return_logits=return_logits,
+        )

@@ -1,0 +1,62 @@
+"""Reading pretrained weights from local paths only, with safe loaders.
+
+safetensors files are read directly; PyTorch pickles only through ``torch.load(weights_only=True)``,
+which refuses arbitrary objects. A missing path is an error that names it (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors / .bin / .pt / .pth file, or of the single weights file in a folder."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) or sorted(path.glob("*.pt*"))
+        if not found:
+            raise FileNotFoundError(f"no weights file (.safetensors, .bin, .pt) in {path}")
+        state: dict[str, torch.Tensor] = {}
+        for file in found:
+            state.update(load_state_dict(file))
+        return state
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path} (weights load from local paths only)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keep the keys under `prefix` (e.g. ``visual.`` of a full CLIP checkpoint), without it."""
+    if not prefix:
+        return state
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load that names missing, unexpected and mis-shaped keys together."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        f"{label}: {', '.join(items[:20])}{' ...' if len(items) > 20 else ''}"
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", wrong))
+        if items
+    ]
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)

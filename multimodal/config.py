@@ -149,7 +149,8 @@ def _convert_type(value: Any, hint: Any, where: str) -> Any:
     if origin is dict or hint is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"'{where}' must be a mapping")
-        return dict(value)
+        item = args[1] if len(args) == 2 else Any
+        return {k: _convert_type(v, item, f"{where}.{k}") for k, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"'{where}' must be true or false, not {value!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pytest
 
 from multimodal.config import ConfigError, apply_overrides, dump, from_dict, load_yaml
@@ -89,3 +91,20 @@ def test_yaml_errors(tmp_path):
         load_yaml(tmp_path / "list.yaml")
     with pytest.raises(ConfigError, match="neither a file nor an experiment"):
         load_experiment("no_such_experiment")
+
+
+@dataclass
+class Part:
+    size: int = 1
+
+
+@dataclass
+class Holder:
+    parts: dict[str, Part] = field(default_factory=dict)
+
+
+def test_mappings_of_dataclasses_are_validated():
+    held = from_dict(Holder, {"parts": {"a": {"size": 3}, "b": {}}})
+    assert held.parts == {"a": Part(3), "b": Part(1)}
+    with pytest.raises(ConfigError, match="unknown config key 'parts.a.sise'"):
+        from_dict(Holder, {"parts": {"a": {"sise": 3}}})

@@ -55,15 +55,32 @@ class MultimodalDiffusionModel(nn.Module):
 
     def encode(
         self, modality_inputs: dict[str, torch.Tensor], modality_masks: dict[str, torch.Tensor] | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Run each adapter once: (B, ...) inputs -> (B, N, D) features (computed once per generation)."""
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run each adapter once over the items present (computed once per generation).
+
+        Args:
+            modality_inputs: modality -> (B, K, ...) up to K items per row (images, clips, ...).
+            modality_masks: modality -> (B, K) bool, which items exist (default: all).
+
+        Returns:
+            features: modality -> (B, K * N, D), each row's items one after another;
+            feature_masks: modality -> (B, K * N) bool, which feature vectors are real.
+        """
         masks = modality_masks or {}
-        out = {}
+        features, valid = {}, {}
         for name, inputs in modality_inputs.items():
             if name not in self.adapters:
                 raise KeyError(f"no adapter for modality '{name}' (have: {', '.join(self.adapters) or 'none'})")
-            out[name] = self.adapters[name](inputs, masks.get(name))
-        return out
+            b, k = inputs.shape[:2]
+            present = masks.get(name)
+            present = torch.ones(b, k, dtype=torch.bool, device=inputs.device) if present is None else present.bool()
+            items = self.adapters[name](inputs[present])  # (n_items, N, D)
+            n, d = items.shape[1], items.shape[2]
+            out = items.new_zeros(b, k, n, d)
+            out[present] = items
+            features[name] = out.reshape(b, k * n, d)
+            valid[name] = present[:, :, None].expand(b, k, n).reshape(b, k * n)
+        return features, valid
 
     def splice(
         self,
@@ -113,13 +130,13 @@ class MultimodalDiffusionModel(nn.Module):
     ) -> BackboneOutput:
         """Backbone forward on token ids with modality features spliced in.
 
-        Pass either raw `modality_inputs` (encoded here) or precomputed `modality_features` (the
-        sampler encodes once and reuses them every step). Partial cached forwards (cache_start != 0)
-        carry no placeholders and take no features.
+        Pass either raw `modality_inputs` (B, K, ...) with item masks (encoded here) or precomputed
+        `modality_features` with `feature_masks` (the sampler encodes once and reuses them every
+        step). Partial cached forwards (cache_start != 0) carry no placeholders and take no features.
         """
         features = modality_features
         if features is None and modality_inputs:
-            features = self.encode(modality_inputs, modality_masks)
+            features, feature_masks = self.encode(modality_inputs, modality_masks)
         partial = isinstance(cache_start, torch.Tensor) or cache_start != 0
         if features and not partial:
             embeds = self.splice(input_ids, features, feature_masks)

@@ -46,6 +46,15 @@ def test_features_land_exactly_at_placeholders(model):
         model.splice(ids, {"image": feats})  # row 1 has 2 placeholders but 4 features
 
 
+def test_encode_groups_items_per_row(model):
+    inputs = torch.randn(2, 3, 2, 3)  # 2 rows, up to 3 items of 2 feature vectors
+    present = torch.tensor([[True, True, False], [True, False, False]])
+    feats, valid = model.encode({"image": inputs}, {"image": present})
+    assert feats["image"].shape == (2, 6, 128)
+    assert valid["image"].tolist() == [[True] * 4 + [False] * 2, [True] * 2 + [False] * 4]
+    torch.testing.assert_close(feats["image"][0, 2:4], model.adapters["image"](inputs[0, 1:2])[0])
+
+
 def test_guidance_rows_take_no_features(model):
     ids = torch.tensor([[5, IMG, 9]])
     both = torch.cat([ids, torch.tensor([[1, 1, 9]])])  # unconditional row: prompt masked
@@ -56,7 +65,7 @@ def test_guidance_rows_take_no_features(model):
 def test_loss_never_masks_prompt_or_image_positions(model):
     ids = torch.tensor([[5, IMG, IMG, 9, 20, 21, 22, 2]])
     maskable = torch.tensor([[False] * 4 + [True] * 4])
-    batch = MultimodalBatch(input_ids=ids, maskable=maskable, modality_inputs={"image": torch.randn(1, 2, 3)})
+    batch = MultimodalBatch(input_ids=ids, maskable=maskable, modality_inputs={"image": torch.randn(1, 1, 2, 3)})
     seen = []
     orig = model.backbone.forward
 
@@ -74,7 +83,8 @@ def test_loss_never_masks_prompt_or_image_positions(model):
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
 def test_generation_with_precomputed_features(model, cache):
-    feats = model.encode({"image": torch.randn(2, 2, 3)})
+    feats, valid = model.encode({"image": torch.randn(2, 1, 2, 3)})
+    assert feats["image"].shape == (2, 2, 128) and valid["image"].all()
     prompts = [[5, IMG, IMG, 9], [IMG, IMG, 6]]
     cfg = SamplerConfig(steps=8, gen_length=8, block_length=4, cache=cache, cfg_scale=0.5)
     out = generate(model, prompts, create_sampler(cfg), SpecialIds(1, 2), modality_features=feats)

@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="answer prompts with a trained run")
     p.add_argument("--run", required=True, help="run folder or checkpoint folder")
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
+    p.add_argument("--image", default=None, help="an image file for the prompt (vision runs)")
+    p.add_argument("--audio", default=None, help="an audio file for the prompt (speech runs)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -48,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set sampler.steps=8",
     )
-    p.add_argument("--show-steps", action="store_true", help="also print the step at which each token was committed")
+    p.add_argument(
+        "--show-steps",
+        action="store_true",
+        help="save a picture of the denoising order (which token was committed at which step)",
+    )
 
     p = sub.add_parser("eval", help="evaluate a trained run on a split")
     p.add_argument("--run", required=True, help="run folder or checkpoint folder")
@@ -99,6 +105,7 @@ def _setup_logging(verbose: bool, quiet_lightning: bool = False) -> None:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "list":
         return _list(args.family, args.pattern)
+    from multimodal.train import evaluate as evaluation
     from multimodal.train import run as runs
     from multimodal.train.config import load_experiment
 
@@ -110,21 +117,32 @@ def _dispatch(args: argparse.Namespace) -> int:
         run = runs.train(config)
         print(f"run folder: {run.folder}")
         if config.train.eval_at_end:
-            metrics = runs.evaluate(run, "test", config.train.eval_limit)
+            metrics = evaluation.evaluate(run, "test", config.train.eval_limit)
             _print_metrics(metrics)
             print(f"predictions: {run.folder / 'eval' / 'test_predictions.jsonl'}")
         return 0
     if args.command == "eval":
         run = runs.load_run(args.run, args.overrides)
-        _print_metrics(runs.evaluate(run, args.split, args.limit))
+        _print_metrics(evaluation.evaluate(run, args.split, args.limit))
         return 0
     if args.command == "sample":
         run = runs.load_run(args.run, args.overrides)
-        texts, out = runs.answer(run, args.prompt)
+        layouts = [run.task.layout_for_prompt(p, image=args.image, audio=args.audio) for p in args.prompt]
+        texts, out = evaluation.answer_layouts(run, layouts)
         for i, (prompt, text) in enumerate(zip(args.prompt, texts, strict=True)):
             print(f"{prompt} -> {text}")
             if args.show_steps:
-                print("  commit step per answer token:", out.commit_step[i].tolist())
+                from multimodal.visualize import save_denoising_order
+
+                ids = out.generated[i].tolist()
+                tokens = [run.tokenizer.decode([t], skip_special=False) for t in ids]
+                path = save_denoising_order(
+                    run.folder / "samples" / f"steps_{i}.png",
+                    tokens,
+                    out.commit_step[i].tolist(),
+                    title=f"{prompt} -> {text}",
+                )
+                print(f"  denoising order: {path}")
         return 0
     raise AssertionError(args.command)
 

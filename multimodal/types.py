@@ -124,3 +124,20 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
     def __len__(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class ModalityIO:
+    """What a task needs to lay out one modality for a model.
+
+    Attributes:
+        name: modality name ("image", "audio", ...).
+        placeholder_id: token id of the placeholder written once per item in the prompt.
+        num_tokens: embeddings one item becomes (each placeholder is expanded to this many tokens).
+        preprocess: raw item (image, waveform, ...) -> tensor the adapter takes.
+    """
+
+    name: str
+    placeholder_id: int
+    num_tokens: int
+    preprocess: Any

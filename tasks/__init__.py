@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from tasks import digits  # noqa: F401  (registers the embedded toy task)
-from tasks.base import TASKS, Layout, Task, TaskConfig, create_task, list_tasks, task_config_class
+from tasks.base import TASKS, Layout, PromptBatch, Task, TaskConfig, create_task, list_tasks, task_config_class
 
-__all__ = ["TASKS", "Layout", "Task", "TaskConfig", "create_task", "list_tasks", "task_config_class"]
+__all__ = ["TASKS", "Layout", "PromptBatch", "Task", "TaskConfig", "create_task", "list_tasks", "task_config_class"]

@@ -17,13 +17,13 @@ pad_id, see `multimodal.types.Tokenizer`), so this package depends on no tokeniz
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from multimodal.registry import new_registry
-from multimodal.types import MultimodalBatch, Tokenizer
+from multimodal.types import ModalityIO, MultimodalBatch, Tokenizer
 
 TASKS = new_registry("task", "task")
 
@@ -47,11 +47,31 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class Layout:
-    """One example laid out for the model: the prompt, the reference answer and metadata."""
+    """One example laid out for the model.
+
+    Attributes:
+        prompt: the final user turn (modality placeholders such as ``<image>`` included).
+        answer: its reference answer.
+        meta: id, question type, references for the metrics.
+        history: earlier (prompt, answer) turns of a multi-turn conversation; their answers are
+            maskable in training and given as context in generation.
+        media: modality -> raw items (images, waveforms, ...), one per placeholder, in order.
+    """
 
     prompt: str
     answer: str
     meta: dict[str, Any] = field(default_factory=dict)
+    history: tuple[tuple[str, str], ...] = ()
+    media: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Prompts ready for `generate`: token lists plus stacked modality inputs (B, K, ...) and item masks."""
+
+    prompts: list[list[int]]
+    modality_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    modality_masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Task:
@@ -72,6 +92,20 @@ class Task:
     def metrics(self, predictions: Sequence[str], layouts: Sequence[Layout]) -> dict[str, float]:
         raise NotImplementedError
 
+    def train_layouts(self) -> list[Layout]:
+        """Training examples laid out (tasks may expand or subsample, e.g. one layout per turn)."""
+        return [self.layout(ex) for ex in self.examples("train")]
+
+    def eval_layouts(self, split: str) -> list[Layout]:
+        """Evaluation examples laid out, one per scored answer."""
+        return [self.layout(ex) for ex in self.examples(split)]
+
+    def layout_for_prompt(self, prompt: str, image: str | None = None, audio: str | None = None) -> Layout:
+        """A layout for a prompt typed by a user (`mmdiff sample`); media-free tasks refuse media."""
+        if image or audio:
+            raise ValueError(f"task '{self.config.name}' takes no images or audio")
+        return Layout(prompt=prompt, answer="")
+
     def texts(self) -> list[str]:
         """Training texts from which a built-in tokenizer learns its vocabulary."""
         out = []
@@ -84,16 +118,93 @@ class Task:
         if split not in self.splits:
             raise KeyError(f"unknown split '{split}' for task '{self.config.name}' (splits: {', '.join(self.splits)})")
 
-    def collate(self, layouts: Sequence[Layout], tokenizer: Tokenizer) -> MultimodalBatch:
-        """LLaDA SFT batch: prompt + answer + EOS, EOS-padded; maskable = everything after the prompt."""
-        return sft_collate(
-            [tokenizer.encode(x.prompt) for x in layouts],
+    def collate(
+        self, layouts: Sequence[Layout], tokenizer: Tokenizer, modalities: dict[str, ModalityIO] | None = None
+    ) -> MultimodalBatch:
+        """LLaDA SFT batch: (history turns +) prompt + answer + EOS, EOS-padded; answers maskable.
+
+        Modality items are preprocessed and each placeholder is expanded to the adapter's token count.
+        """
+        contexts, history_answers = [], []
+        for lay in layouts:
+            ids, spans = [], []
+            for prompt, answer in lay.history:
+                ids += tokenizer.encode(prompt)
+                start = len(ids)
+                ids += tokenizer.encode(answer) + [tokenizer.eos_id]
+                spans.append((start, len(ids)))
+            contexts.append(ids + tokenizer.encode(lay.prompt))
+            history_answers.append(spans)
+        contexts, spans, inputs, masks = expand_media(contexts, history_answers, layouts, modalities or {})
+        batch = sft_collate(
+            contexts,
             [tokenizer.encode(x.answer) for x in layouts],
             tokenizer.eos_id,
             meta=[x.meta for x in layouts],
             answer_length=self.config.answer_length,
             pad_id=tokenizer.pad_id,
+            context_answers=spans,
         )
+        return replace(batch, modality_inputs=inputs, modality_masks=masks)
+
+    def prompt_batch(
+        self, layouts: Sequence[Layout], tokenizer: Tokenizer, modalities: dict[str, ModalityIO] | None = None
+    ) -> PromptBatch:
+        """Prompts for generation: history turns with their answers, then the final prompt."""
+        contexts = []
+        for lay in layouts:
+            ids = []
+            for prompt, answer in lay.history:
+                ids += tokenizer.encode(prompt) + tokenizer.encode(answer) + [tokenizer.eos_id]
+            contexts.append(ids + tokenizer.encode(lay.prompt))
+        contexts, _, inputs, masks = expand_media(contexts, [[] for _ in layouts], layouts, modalities or {})
+        return PromptBatch(contexts, inputs, masks)
+
+
+def expand_media(
+    contexts: list[list[int]],
+    spans: list[list[tuple[int, int]]],
+    layouts: Sequence[Layout],
+    modalities: dict[str, ModalityIO],
+) -> tuple[list[list[int]], list[list[tuple[int, int]]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Expand each placeholder into `num_tokens` copies and stack the preprocessed items.
+
+    Returns the new token lists, the history answer spans shifted accordingly, modality inputs
+    (B, K, ...) and item masks (B, K). A row whose placeholder count differs from its item count is
+    an error naming the example.
+    """
+    inputs: dict[str, torch.Tensor] = {}
+    masks: dict[str, torch.Tensor] = {}
+    for name, io in modalities.items():
+        rows = []
+        for i, lay in enumerate(layouts):
+            items = lay.media.get(name, [])
+            found = sum(t == io.placeholder_id for t in contexts[i])
+            if found != len(items):
+                raise ValueError(
+                    f"example {lay.meta.get('id', i)}: {found} '{name}' placeholders for {len(items)} items"
+                )
+            rows.append([io.preprocess(item) for item in items])
+            expanded, shift, new_spans = [], 0, []
+            for t in contexts[i]:
+                expanded += [t] * io.num_tokens if t == io.placeholder_id else [t]
+            # every placeholder sits in a prompt, before or between history answers: shift spans
+            for start, end in spans[i]:
+                before = sum(t == io.placeholder_id for t in contexts[i][:start])
+                shift = before * (io.num_tokens - 1)
+                new_spans.append((start + shift, end + shift))
+            contexts[i], spans[i] = expanded, new_spans
+        k = max((len(r) for r in rows), default=0)
+        if k == 0:
+            continue
+        shape = next(x for r in rows for x in r).shape
+        stacked = torch.zeros(len(rows), k, *shape)
+        present = torch.zeros(len(rows), k, dtype=torch.bool)
+        for i, items in enumerate(rows):
+            for j, x in enumerate(items):
+                stacked[i, j], present[i, j] = x, True
+        inputs[name], masks[name] = stacked, present
+    return contexts, spans, inputs, masks
 
 
 def sft_collate(
@@ -103,6 +214,7 @@ def sft_collate(
     meta: list[dict[str, Any]] | None = None,
     answer_length: int | None = None,
     pad_id: int = 0,
+    context_answers: Sequence[Sequence[tuple[int, int]]] | None = None,
 ) -> MultimodalBatch:
     """Build an SFT batch from token lists.
 
@@ -110,9 +222,11 @@ def sft_collate(
     row (LLaDA SFT). With an integer: prompts are left-padded (padding hidden from attention, rotary
     positions counted from the first real token) and every answer is EOS-padded to exactly
     `answer_length` tokens, as the sampler lays out its canvas. An answer longer than that is an error.
-    Everything after the prompt, EOS padding included, is maskable.
+    Everything after the prompt, EOS padding included, is maskable, and so are the spans listed in
+    `context_answers` (earlier answers of a multi-turn conversation, positions inside each prompt).
     """
     meta = meta or [{} for _ in prompts]
+    spans = context_answers or [[] for _ in prompts]
     if answer_length is None:
         rows = [list(p) + list(a) + [eos_id] for p, a in zip(prompts, answers, strict=True)]
         width = max(len(r) for r in rows)
@@ -121,23 +235,27 @@ def sft_collate(
         for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
             ids[i, : len(row)] = torch.as_tensor(row)
             maskable[i, len(prompt) :] = True
+            for start, end in spans[i]:
+                maskable[i, start:end] = True
         return MultimodalBatch(input_ids=ids, maskable=maskable, meta=meta)
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width + answer_length), eos_id, dtype=torch.long)
     attention = torch.ones_like(ids)
+    maskable = torch.zeros_like(ids, dtype=torch.bool)
+    maskable[:, width:] = True
     for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
         if len(answer) > answer_length:
+            example = meta[i].get("id", i)
             raise ValueError(
-                f"answer of example {meta[i].get('id', i)} has {len(answer)} tokens, "
-                f"more than answer_length {answer_length}"
+                f"answer of example {example} has {len(answer)} tokens, more than answer_length {answer_length}"
             )
         pad = width - len(prompt)
         ids[i, :pad] = pad_id
         attention[i, :pad] = 0
         ids[i, pad:width] = torch.as_tensor(list(prompt), dtype=torch.long)
         ids[i, width : width + len(answer)] = torch.as_tensor(list(answer), dtype=torch.long)
-    maskable = torch.zeros_like(ids, dtype=torch.bool)
-    maskable[:, width:] = True
+        for start, end in spans[i]:
+            maskable[i, pad + start : pad + end] = True
     positions = (attention.cumsum(-1) - 1).clamp_min(0)
     has_padding = not bool(attention.all())
     return MultimodalBatch(

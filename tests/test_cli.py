@@ -66,7 +66,8 @@ def test_train_eval_sample(tmp_path, capsys):
 
     assert main(["sample", "--run", str(run), "--prompt", "1234=", "--show-steps"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("1234= -> ") and "commit step" in out
+    assert out.startswith("1234= -> ") and "denoising order" in out
+    assert (run / "samples" / "steps_0.png").is_file()
 
 
 def test_list_and_show_config(capsys):

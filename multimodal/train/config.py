@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from multimodal.backbone.config import BACKBONE_PRESETS, BackboneConfig
 from multimodal.config import ConfigError, apply_overrides, from_dict, load_yaml
@@ -45,6 +45,10 @@ class TrainConfig:
         eval_limit: evaluate on at most this many examples (None: all).
         eval_batch_size: prompts decoded together during evaluation.
         output_dir: parent folder of run folders (a run is output_dir/<experiment name>).
+        trainable: parts that train: ``backbone``, ``encoder``, ``projector`` (others are frozen;
+            LoRA adapters always train). LLaDA-V stage 1: ``[projector]``; stage 2: all three.
+        part_lr: learning rate per part (``encoder``, ``projector``, ``backbone``, ``lora``); others use lr.
+        lora: put LoRA adapters on the backbone (then freeze ``backbone`` in `trainable`).
     """
 
     max_steps: int = 1000
@@ -64,6 +68,39 @@ class TrainConfig:
     eval_limit: int | None = None
     eval_batch_size: int = 128
     output_dir: str = "runs"
+    trainable: list[str] = field(default_factory=lambda: ["backbone", "encoder", "projector"])
+    part_lr: dict[str, float] = field(default_factory=dict)
+    lora: LoRAConfig | None = None
+
+
+@dataclass
+class ModalityConfig:
+    """One modality front end: an encoder, a projector into the backbone width, a placeholder token.
+
+    Attributes:
+        encoder: registered encoder name (``mmdiff list encoder``).
+        encoder_args: keyword arguments of the encoder builder (weights path, layer, ...).
+        projector: registered projector name.
+        projector_args: keyword arguments of the projector builder.
+        placeholder: the token written in prompts where the features go.
+        unlocked_groups: when the encoder is frozen, keep this many of its last layer groups trainable.
+    """
+
+    encoder: str = "timm_tiny"
+    encoder_args: dict[str, Any] = field(default_factory=dict)
+    projector: str = "mlp2x_gelu"
+    projector_args: dict[str, Any] = field(default_factory=dict)
+    placeholder: str = "<image>"
+    unlocked_groups: int = 0
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA on the backbone (Whisper-LLaDA: rank 8, alpha 32 on q/k/v)."""
+
+    rank: int = 8
+    alpha: float = 32.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
 
 
 @dataclass
@@ -80,6 +117,7 @@ class ExperimentConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig, metadata={"select": sampler_config_class})
     train: TrainConfig = field(default_factory=TrainConfig)
+    modalities: dict[str, ModalityConfig] = field(default_factory=dict)
     init_from: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

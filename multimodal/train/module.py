@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from multimodal.diffusion.objective import DiffusionConfig, diffusion_loss
+from multimodal.train.build import part_of
 from multimodal.train.config import TrainConfig
 from multimodal.train.optim import build_optimizer
 from multimodal.types import MultimodalBatch
@@ -45,7 +46,15 @@ class DiffusionModule(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.train_cfg
         optimizer, scheduler = build_optimizer(
-            self.model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.max_steps, cfg.warmup_steps, cfg.min_lr_ratio
+            self.model,
+            cfg.lr,
+            cfg.weight_decay,
+            cfg.betas,
+            cfg.max_steps,
+            cfg.warmup_steps,
+            cfg.min_lr_ratio,
+            cfg.part_lr,
+            part_of,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

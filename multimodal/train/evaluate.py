@@ -1,0 +1,100 @@
+"""Decoding a task's examples with a run's sampler, scoring them, writing predictions next to metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from multimodal.sampling import SamplerConfig, StepInfo, create_sampler, generate
+from multimodal.tokenizer import BuiltinTokenizer, HFTokenizer
+from multimodal.train.run import Run, pick_device
+from multimodal.types import SampleOutput
+from tasks import Layout
+
+
+def decode_answer(tokenizer: BuiltinTokenizer | HFTokenizer, ids: list[int]) -> str:
+    """Answer text of generated ids: everything before the first EOS (EoT), special tokens dropped."""
+    stops = {tokenizer.eos_id, getattr(tokenizer, "eot_id", None)}
+    for i, tok in enumerate(ids):
+        if tok in stops:
+            ids = ids[:i]
+            break
+    return tokenizer.decode([t for t in ids if t != tokenizer.mask_id])
+
+
+@torch.no_grad()
+def answer_layouts(
+    run: Run,
+    layouts: Sequence[Layout],
+    sampler_config: SamplerConfig | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> tuple[list[str], SampleOutput]:
+    """Decode answers for laid-out examples (modality items encoded once); returns texts and the raw output."""
+    device = pick_device(run.config.device)
+    run.model.to(device).eval()
+    batch = run.task.prompt_batch(layouts, run.tokenizer, run.modalities)
+    kwargs: dict[str, Any] = {}
+    if batch.modality_inputs:
+        inputs = {k: v.to(device) for k, v in batch.modality_inputs.items()}
+        masks = {k: v.to(device) for k, v in batch.modality_masks.items()}
+        features, feature_masks = run.model.encode(inputs, masks)
+        kwargs = {"modality_features": features, "feature_masks": feature_masks}
+    sampler = create_sampler(sampler_config or run.config.sampler)
+    out = generate(
+        run.model,
+        batch.prompts,
+        sampler,
+        run.special,
+        pad_id=run.tokenizer.pad_id,
+        generator=generator,
+        callback=callback,
+        **kwargs,
+    )
+    texts = [decode_answer(run.tokenizer, row.tolist()) for row in out.generated.cpu()]
+    return texts, out
+
+
+def answer(run: Run, prompts: list[str], **kwargs: Any) -> tuple[list[str], SampleOutput]:
+    """Decode answers for plain prompt texts."""
+    return answer_layouts(run, [Layout(prompt=p, answer="") for p in prompts], **kwargs)
+
+
+def evaluate(run: Run, split: str = "test", limit: int | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Decode the split with the run's sampler, score it, write predictions and metrics under eval/."""
+    layouts = run.task.eval_layouts(split)[: limit or None]
+    batch_size = batch_size or run.config.train.eval_batch_size
+    generator = torch.Generator(device=pick_device(run.config.device)).manual_seed(run.config.seed)
+    predictions: list[str] = []
+    nfe, gen_tokens, start = 0, 0, time.perf_counter()
+    for i in tqdm(range(0, len(layouts), batch_size), desc=f"decoding {split}", unit="batch", leave=False):
+        texts, out = answer_layouts(run, layouts[i : i + batch_size], generator=generator)
+        predictions += texts
+        nfe += out.nfe
+        gen_tokens += out.generated.numel()
+    elapsed = time.perf_counter() - start
+    metrics: dict[str, Any] = dict(run.task.metrics(predictions, layouts))
+    metrics.update(
+        {
+            "split": split,
+            "examples": len(layouts),
+            "nfe": nfe,
+            "decode_seconds": round(elapsed, 3),
+            "canvas_tokens_per_second": round(gen_tokens / max(elapsed, 1e-9), 1),
+            "sampler": dict(vars(run.config.sampler)),
+        }
+    )
+    out_dir = run.folder / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / f"{split}_predictions.jsonl").open("w") as f:
+        for lay, pred in zip(layouts, predictions, strict=True):
+            row = {"id": lay.meta.get("id"), "prompt": lay.prompt, "prediction": pred, "reference": lay.answer}
+            row.update({k: v for k, v in lay.meta.items() if k not in row and isinstance(v, (str, int, float))})
+            f.write(json.dumps(row) + "\n")
+    (out_dir / f"{split}_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -23,7 +23,7 @@ RESIZE_POLICIES = ("squash", "shortest", "pad")
 
 
 def image_transform(preprocess: dict[str, Any]):
-    """A callable PIL image -> (3, H, W) float tensor for the given preprocessing settings.
+    """A callable image (PIL, path or encoded bytes) -> (3, H, W) float tensor for the given settings.
 
     Keys: image_size (int), mean, std (3 floats), resize (``squash``: resize to a square ignoring
     aspect ratio; ``shortest``: shortest side to image_size then centre crop; ``pad``: pad to a square
@@ -52,7 +52,12 @@ def image_transform(preprocess: dict[str, Any]):
     def apply(image: Any) -> torch.Tensor:
         from PIL import Image
 
-        if isinstance(image, (str, Path)):
+        if isinstance(image, (bytes, bytearray)):
+            import io
+
+            with Image.open(io.BytesIO(image)) as im:
+                image = im.convert("RGB")
+        elif isinstance(image, (str, Path)):
             with Image.open(image) as im:
                 image = im.convert("RGB")
         elif isinstance(image, Image.Image) and image.mode != "RGB":

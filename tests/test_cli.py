@@ -10,24 +10,19 @@ from multimodal.cli import main
 
 
 def small(tmp_path):
-    return [
-        "--set",
+    sets = [
         "train.max_steps=2",
-        "--set",
         f"train.output_dir={tmp_path}",
-        "--set",
         "task.train_size=200",
-        "--set",
         "task.test_size=8",
-        "--set",
         "task.validation_size=8",
-        "--set",
         "train.batch_size=8",
-        "--set",
         "train.log_every=1",
-        "--set",
         "train.threads=1",
+        "train.eval_every=2",
+        "train.val_limit=4",
     ]
+    return [arg for item in sets for arg in ("--set", item)]
 
 
 def test_train_eval_sample(tmp_path, capsys):
@@ -41,6 +36,7 @@ def test_train_eval_sample(tmp_path, capsys):
     assert saved["train"]["max_steps"] == 2 and saved["backbone"]["d_model"] == 128  # resolved, defaults included
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2] and all("loss" in x and "tok_s" in x for x in lines)
+    assert "val/exact_match" in lines[1] and "val/exact_match" not in lines[0]  # the learning curve
     preds = [json.loads(x) for x in (run / "eval" / "test_predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 8 and {"prompt", "prediction", "reference"} <= set(preds[0])
 

@@ -48,6 +48,24 @@ class MetricsJsonl(L.Callback):
             f.write(json.dumps(row) + "\n")
 
 
+class PeriodicValidation(L.Callback):
+    """Every `every` steps, calls `score()` (decode some validation examples) and logs its numbers as val/<name>."""
+
+    def __init__(self, score: Callable[[], dict], every: int) -> None:
+        self.score, self.every = score, every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every <= 0 or step % self.every or not trainer.is_global_zero:
+            return
+        was_training = pl_module.training
+        metrics = self.score()
+        pl_module.train(was_training)
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not key.startswith("n/"):
+                pl_module.log(f"val/{key}", float(value), batch_size=1)
+
+
 class SafetensorsCheckpoint(L.Callback):
     """Calls `save(step)` every `every` steps (if > 0) and at the end of training."""
 

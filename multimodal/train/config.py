@@ -43,6 +43,9 @@ class TrainConfig:
         checkpoint_every: steps between checkpoints (0: only the final one).
         eval_at_end: evaluate on the test split after training.
         eval_limit: evaluate on at most this many examples (None: all).
+        eval_every: decode this many validation examples (`val_limit`) every this many steps and log
+            the task metrics as ``val/<metric>`` (0: never), to record the learning curve.
+        val_limit: validation examples decoded at each `eval_every`.
         eval_batch_size: prompts decoded together during evaluation.
         output_dir: parent folder of run folders (a run is output_dir/<experiment name>).
         trainable: parts that train: ``backbone``, ``encoder``, ``projector`` (others are frozen;
@@ -66,6 +69,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     eval_at_end: bool = True
     eval_limit: int | None = None
+    eval_every: int = 0
+    val_limit: int = 500
     eval_batch_size: int = 128
     output_dir: str = "runs"
     trainable: list[str] = field(default_factory=lambda: ["backbone", "encoder", "projector"])

@@ -65,8 +65,11 @@ def answer(run: Run, prompts: list[str], **kwargs: Any) -> tuple[list[str], Samp
     return answer_layouts(run, [Layout(prompt=p, answer="") for p in prompts], **kwargs)
 
 
-def evaluate(run: Run, split: str = "test", limit: int | None = None, batch_size: int | None = None) -> dict[str, Any]:
-    """Decode the split with the run's sampler, score it, write predictions and metrics under eval/."""
+def evaluate(
+    run: Run, split: str = "test", limit: int | None = None, batch_size: int | None = None, write: bool = True
+) -> dict[str, Any]:
+    """Decode the split with the run's sampler, score it, and (with `write`) save predictions and
+    metrics under eval/."""
     layouts = run.task.eval_layouts(split)[: limit or None]
     batch_size = batch_size or run.config.train.eval_batch_size
     generator = torch.Generator(device=pick_device(run.config.device)).manual_seed(run.config.seed)
@@ -89,6 +92,8 @@ def evaluate(run: Run, split: str = "test", limit: int | None = None, batch_size
             "sampler": dict(vars(run.config.sampler)),
         }
     )
+    if not write:
+        return metrics
     out_dir = run.folder / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / f"{split}_predictions.jsonl").open("w") as f:

@@ -89,7 +89,8 @@ def train(config: ExperimentConfig) -> Run:
     """Train the experiment; returns the run (model trained, checkpoint written)."""
     import lightning as L
 
-    from multimodal.train.callbacks import MetricsJsonl, SafetensorsCheckpoint, Throughput
+    from multimodal.train.callbacks import MetricsJsonl, PeriodicValidation, SafetensorsCheckpoint, Throughput
+    from multimodal.train.evaluate import evaluate
     from multimodal.train.module import DiffusionModule
 
     cfg = config.train
@@ -127,6 +128,7 @@ def train(config: ExperimentConfig) -> Run:
         default_root_dir=str(run.folder),
         callbacks=[
             Throughput(),
+            PeriodicValidation(lambda: evaluate(run, "validation", cfg.val_limit, write=False), cfg.eval_every),
             MetricsJsonl(run.folder / "metrics.jsonl", cfg.log_every),
             SafetensorsCheckpoint(lambda step: save_run_checkpoint(run, step), cfg.checkpoint_every),
         ],

@@ -66,8 +66,21 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if not isinstance(child, dict):
                 raise ConfigError(f"override '{item}': '{key}' holds a value, not a section")
             node = child
-        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        node[keys[-1]] = _scalar(raw)
     return data
+
+
+def _scalar(raw: str) -> Any:
+    """A YAML scalar, except that numbers like 5e-4 (a string to YAML 1.1) are numbers."""
+    if not raw.strip():
+        return ""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def from_dict(cls: type[C], data: Mapping[str, Any] | None, where: str = "") -> C:

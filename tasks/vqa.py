@@ -9,7 +9,10 @@ then read through the same shard path. Layouts:
   stands alone with its image (the shapes questions are independent).
 * ``turns: conversation``: one training example per conversation, every answer maskable.
 * ``mode: caption``: LLaDA-V stage-1 alignment data; the answer is the image's description (the
-  shapes generator's scene objects, listed left to right).
+  shapes generator's scene objects, listed left to right). ``mode: mixed`` trains on both, one
+  caption per image besides its questions (evaluation always asks the questions): the caption is
+  dense supervision that teaches a tower trained from scratch every object's attributes at once,
+  where a one-word answer teaches one.
 * ``text_only: true``: the image is withheld (no placeholder, no features): the control that shows
   answers come from the image.
 
@@ -60,7 +63,7 @@ class VQAConfig(TaskConfig):
     shapes: dict[str, Any] = field(default_factory=dict)
     turns: Literal["each", "conversation"] = "each"
     history: bool = False
-    mode: Literal["qa", "caption"] = "qa"
+    mode: Literal["qa", "caption", "mixed"] = "qa"
     text_only: bool = False
     bad_records: Literal["skip", "fail"] = "skip"
     max_examples: int | None = None
@@ -119,12 +122,13 @@ class VQATask(Task):
             self._records[split], self.stats[split] = records[: self.config.max_examples or None], stats
         return self._records[split]
 
-    def _turns(self, record: dict[str, Any]) -> list[tuple[str, str]]:
+    def _turns(self, record: dict[str, Any], mode: str) -> list[tuple[str, str]]:
         turns = record["conversations"]
         pairs = [(q["value"], a["value"]) for q, a in zip(turns[0::2], turns[1::2], strict=False)]
-        if self.config.mode == "caption":
-            pairs = [(f"{IMAGE_TOKEN}\nDescribe the image.", caption(record.get("scene", {})))]
-        return pairs
+        described = (f"{IMAGE_TOKEN}\nDescribe the image.", caption(record.get("scene", {})))
+        if mode == "caption":
+            return [described]
+        return pairs + [described] if mode == "mixed" else pairs
 
     def _layout(self, record: dict[str, Any], i: int, pairs: list[tuple[str, str]], with_history: bool) -> Layout:
         question, answer = pairs[i]
@@ -134,18 +138,19 @@ class VQATask(Task):
             question = f"{IMAGE_TOKEN}\n{question}"  # a standalone question needs its image
         if not with_history and i > 0:
             images = images[: question.count(IMAGE_TOKEN)]
-        types = record.get("question_types") or []
-        meta = {"id": f"{record['id']}#{i}", "question_type": types[i] if i < len(types) else "all", "turn": i}
+        types = list(record.get("question_types") or [])
+        qtype = types[i] if i < len(types) else ("caption" if answer == caption(record.get("scene", {})) else "all")
+        meta = {"id": f"{record['id']}#{i}", "question_type": qtype, "turn": i}
         if self.config.text_only:
             question = question.replace(f"{IMAGE_TOKEN}\n", "").replace(IMAGE_TOKEN, "")
             history = tuple((q.replace(f"{IMAGE_TOKEN}\n", "").replace(IMAGE_TOKEN, ""), a) for q, a in history)
             images = []
         return Layout(prompt=question, answer=answer, meta=meta, history=history, media={"image": images})
 
-    def layouts(self, split: str, turns: str) -> list[Layout]:
+    def layouts(self, split: str, turns: str, mode: str | None = None) -> list[Layout]:
         out = []
         for record in self.examples(split):
-            pairs = self._turns(record)
+            pairs = self._turns(record, mode or self.config.mode)
             if turns == "conversation":
                 out.append(self._layout(record, len(pairs) - 1, pairs, with_history=True))
             else:
@@ -156,10 +161,10 @@ class VQATask(Task):
         return self.layouts("train", self.config.turns)
 
     def eval_layouts(self, split: str) -> list[Layout]:
-        return self.layouts(split, "each")
+        return self.layouts(split, "each", "qa" if self.config.mode == "mixed" else None)
 
     def layout(self, example: dict[str, Any]) -> Layout:
-        return self._layout(example, 0, self._turns(example), False)
+        return self._layout(example, 0, self._turns(example, self.config.mode), False)
 
     def layout_for_prompt(self, prompt: str, image: str | None = None, audio: str | None = None) -> Layout:
         if audio:
@@ -193,7 +198,7 @@ class VQATask(Task):
     def answer_prior(self, layouts: Sequence[Layout]) -> dict[str, float]:
         """Accuracy of always giving each question type's most frequent training answer."""
         counts: dict[str, Counter] = {}
-        for lay in self.layouts("train", "each"):
+        for lay in self.layouts("train", "each", "qa"):
             counts.setdefault(lay.meta["question_type"], Counter())[lay.answer] += 1
         best = {t: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for t, c in counts.items()}
         hits, totals = Counter(), Counter()

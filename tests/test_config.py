@@ -70,8 +70,8 @@ def test_presets_with_overrides_and_selected_classes():
 
 
 def test_overrides(tmp_path):
-    data = apply_overrides({"train": {"lr": 1.0}}, ["train.lr=0.5", "sampler.name=random", "train.betas=[0.8, 0.9]"])
-    assert data == {"train": {"lr": 0.5, "betas": [0.8, 0.9]}, "sampler": {"name": "random"}}
+    data = apply_overrides({"train": {"lr": 1.0}}, ["train.lr=5e-4", "sampler.name=random", "train.betas=[0.8, 0.9]"])
+    assert data == {"train": {"lr": 5e-4, "betas": [0.8, 0.9]}, "sampler": {"name": "random"}}
     cfg = from_dict(ExperimentConfig, data)
     assert cfg.train.betas == (0.8, 0.9)
     with pytest.raises(ConfigError, match="must look like"):

@@ -85,8 +85,22 @@ class ModalityAdapter(nn.Module):
         n = self.encoder.num_tokens(inputs)
         return getattr(self.projector, "output_tokens", lambda m: m)(n)
 
-    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.projector(self.encoder(inputs, mask))
+    def forward(
+        self, inputs: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(n, ...) items -> tokens (n, N, D), valid (n, N) bool, and the tower's auxiliary outputs.
+
+        Projectors return tokens, or (tokens, valid) when items give different token counts (speech).
+        """
+        features = self.encoder(inputs, mask)
+        out = self.projector(features)
+        tokens, valid = out if isinstance(out, tuple) else (out, None)
+        if valid is None:
+            valid = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        extras = dict(getattr(features, "extras", {}))
+        if extras and hasattr(features, "lengths"):
+            extras["lengths"] = features.lengths
+        return tokens, valid, extras
 
 
 def create_encoder(name: str, **kwargs: Any) -> ModalityEncoder:

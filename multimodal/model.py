@@ -15,6 +15,7 @@ into the conditional rows only.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -55,7 +56,7 @@ class MultimodalDiffusionModel(nn.Module):
 
     def encode(
         self, modality_inputs: dict[str, torch.Tensor], modality_masks: dict[str, torch.Tensor] | None = None
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
         """Run each adapter once over the items present (computed once per generation).
 
         Args:
@@ -63,24 +64,30 @@ class MultimodalDiffusionModel(nn.Module):
             modality_masks: modality -> (B, K) bool, which items exist (default: all).
 
         Returns:
-            features: modality -> (B, K * N, D), each row's items one after another;
-            feature_masks: modality -> (B, K * N) bool, which feature vectors are real.
+            features: modality -> (B, K * N, D), each row's items one after another (N = the most
+                tokens any item gives; shorter items are padded);
+            feature_masks: modality -> (B, K * N) bool, which feature vectors are real;
+            extras: modality -> the towers' auxiliary outputs for the items present, plus ``rows``,
+                the batch row of each item.
         """
         masks = modality_masks or {}
-        features, valid = {}, {}
+        features, valid, extras = {}, {}, {}
         for name, inputs in modality_inputs.items():
             if name not in self.adapters:
                 raise KeyError(f"no adapter for modality '{name}' (have: {', '.join(self.adapters) or 'none'})")
             b, k = inputs.shape[:2]
             present = masks.get(name)
             present = torch.ones(b, k, dtype=torch.bool, device=inputs.device) if present is None else present.bool()
-            items = self.adapters[name](inputs[present])  # (n_items, N, D)
+            items, item_valid, aux = self.adapters[name](inputs[present])  # (n_items, N, D), (n_items, N)
             n, d = items.shape[1], items.shape[2]
             out = items.new_zeros(b, k, n, d)
             out[present] = items
-            features[name] = out.reshape(b, k * n, d)
-            valid[name] = present[:, :, None].expand(b, k, n).reshape(b, k * n)
-        return features, valid
+            ok = item_valid.new_zeros(b, k, n)
+            ok[present] = item_valid
+            features[name], valid[name] = out.reshape(b, k * n, d), ok.reshape(b, k * n)
+            if aux:
+                extras[name] = {**aux, "rows": present.nonzero(as_tuple=True)[0]}
+        return features, valid, extras
 
     def splice(
         self,
@@ -134,13 +141,13 @@ class MultimodalDiffusionModel(nn.Module):
         `modality_features` with `feature_masks` (the sampler encodes once and reuses them every
         step). Partial cached forwards (cache_start != 0) carry no placeholders and take no features.
         """
-        features = modality_features
+        features, extras = modality_features, {}
         if features is None and modality_inputs:
-            features, feature_masks = self.encode(modality_inputs, modality_masks)
+            features, feature_masks, extras = self.encode(modality_inputs, modality_masks)
         partial = isinstance(cache_start, torch.Tensor) or cache_start != 0
         if features and not partial:
             embeds = self.splice(input_ids, features, feature_masks)
-            return self.backbone(
+            out = self.backbone(
                 inputs_embeds=embeds,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
@@ -148,6 +155,7 @@ class MultimodalDiffusionModel(nn.Module):
                 cache_start=cache_start,
                 return_logits=return_logits,
             )
+            return replace(out, extras=extras) if extras else out
         return self.backbone(
             input_ids,
             attention_mask=attention_mask,

@@ -21,12 +21,14 @@ class BackboneOutput:
         hidden_states: (B, L, D) final hidden states after the last norm (input of the head), when requested.
         all_hidden_states: per-layer inputs plus the final output, when requested.
         cache: the updated key/value cache, when one was passed in.
+        extras: auxiliary outputs of modality towers, by modality (e.g. CTC logits for an auxiliary loss).
     """
 
     logits: torch.Tensor | None
     hidden_states: torch.Tensor | None = None
     all_hidden_states: tuple[torch.Tensor, ...] | None = None
     cache: Any = None
+    extras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class LossOutput:
         num_maskable: number of positions that could have been masked.
         mean_ce: plain mean cross-entropy over masked positions (unweighted, for logging).
         accuracy: argmax accuracy over masked positions (for logging), or None when not computed.
+        ctc: the auxiliary CTC loss when one was added (for logging).
     """
 
     loss: torch.Tensor
@@ -93,6 +96,7 @@ class LossOutput:
     num_maskable: int
     mean_ce: float
     accuracy: float | None = None
+    ctc: float | None = None
 
 
 @dataclass(frozen=True)
@@ -133,11 +137,12 @@ class ModalityIO:
     Attributes:
         name: modality name ("image", "audio", ...).
         placeholder_id: token id of the placeholder written once per item in the prompt.
-        num_tokens: embeddings one item becomes (each placeholder is expanded to this many tokens).
+        num_tokens: preprocessed item -> embeddings it becomes (its placeholder is expanded to that many
+            tokens; constant for images, growing with duration for speech).
         preprocess: raw item (image, waveform, ...) -> tensor the adapter takes.
     """
 
     name: str
     placeholder_id: int
-    num_tokens: int
+    num_tokens: Any
     preprocess: Any

@@ -100,6 +100,10 @@ class Task:
         """Evaluation examples laid out, one per scored answer."""
         return [self.layout(ex) for ex in self.examples(split)]
 
+    def prediction_details(self, predictions: Sequence[str], layouts: Sequence[Layout]) -> list[dict[str, Any]]:
+        """Per-prediction extras written next to each prediction (alignments, ...); none by default."""
+        return [{} for _ in predictions]
+
     def layout_for_prompt(self, prompt: str, image: str | None = None, audio: str | None = None) -> Layout:
         """A layout for a prompt typed by a user (`mmdiff sample`); media-free tasks refuse media."""
         if image or audio:
@@ -167,42 +171,50 @@ def expand_media(
     layouts: Sequence[Layout],
     modalities: dict[str, ModalityIO],
 ) -> tuple[list[list[int]], list[list[tuple[int, int]]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Expand each placeholder into `num_tokens` copies and stack the preprocessed items.
+    """Expand each placeholder into as many copies as its item gives embeddings, and stack the items.
 
     Returns the new token lists, the history answer spans shifted accordingly, modality inputs
-    (B, K, ...) and item masks (B, K). A row whose placeholder count differs from its item count is
-    an error naming the example.
+    (B, K, ...) (items of different shapes zero-padded to the largest) and item masks (B, K). A row
+    whose placeholder count differs from its item count is an error naming the example.
     """
     inputs: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
     for name, io in modalities.items():
         rows = []
         for i, lay in enumerate(layouts):
-            items = lay.media.get(name, [])
+            items = [io.preprocess(item) for item in lay.media.get(name, [])]
             found = sum(t == io.placeholder_id for t in contexts[i])
             if found != len(items):
-                raise ValueError(
-                    f"example {lay.meta.get('id', i)}: {found} '{name}' placeholders for {len(items)} items"
-                )
-            rows.append([io.preprocess(item) for item in items])
-            expanded, shift, new_spans = [], 0, []
-            for t in contexts[i]:
-                expanded += [t] * io.num_tokens if t == io.placeholder_id else [t]
-            # every placeholder sits in a prompt, before or between history answers: shift spans
-            for start, end in spans[i]:
-                before = sum(t == io.placeholder_id for t in contexts[i][:start])
-                shift = before * (io.num_tokens - 1)
-                new_spans.append((start + shift, end + shift))
-            contexts[i], spans[i] = expanded, new_spans
+                example = lay.meta.get("id", i)
+                raise ValueError(f"example {example}: {found} '{name}' placeholders for {len(items)} items")
+            counts = iter([int(io.num_tokens(x)) for x in items])
+            expanded, shift_at = [], []  # shift_at: (old position, extra tokens) per placeholder
+            for pos, t in enumerate(contexts[i]):
+                if t == io.placeholder_id:
+                    n = next(counts)
+                    expanded += [t] * n
+                    shift_at.append((pos, n - 1))
+                else:
+                    expanded.append(t)
+            spans[i] = [
+                (s + sum(e for p, e in shift_at if p < s), end + sum(e for p, e in shift_at if p < s))
+                for s, end in spans[i]
+            ]
+            contexts[i] = expanded
+            rows.append(items)
         k = max((len(r) for r in rows), default=0)
         if k == 0:
             continue
-        shape = next(x for r in rows for x in r).shape
+        shape = [
+            max(x.shape[d] for r in rows for x in r)
+            for d in range(rows[0][0].dim() if rows[0] else next(x for r in rows for x in r).dim())
+        ]
         stacked = torch.zeros(len(rows), k, *shape)
         present = torch.zeros(len(rows), k, dtype=torch.bool)
         for i, items in enumerate(rows):
             for j, x in enumerate(items):
-                stacked[i, j], present[i, j] = x, True
+                stacked[(i, j, *[slice(0, n) for n in x.shape])] = x
+                present[i, j] = True
         inputs[name], masks[name] = stacked, present
     return contexts, spans, inputs, masks
 

@@ -16,14 +16,15 @@ IMG = 7  # placeholder token id
 
 
 class Fake(nn.Module):
-    """Adapter stand-in: (B, N, 3) inputs -> (B, N, 128) features."""
+    """Adapter stand-in: (B, N, 3) inputs -> (B, N, 128) features, all valid, no extras."""
 
     def __init__(self):
         super().__init__()
         self.proj = nn.Linear(3, 128)
 
     def forward(self, inputs, mask=None):
-        return self.proj(inputs)
+        out = self.proj(inputs)
+        return out, torch.ones(out.shape[:2], dtype=torch.bool), {}
 
 
 @pytest.fixture
@@ -49,10 +50,10 @@ def test_features_land_exactly_at_placeholders(model):
 def test_encode_groups_items_per_row(model):
     inputs = torch.randn(2, 3, 2, 3)  # 2 rows, up to 3 items of 2 feature vectors
     present = torch.tensor([[True, True, False], [True, False, False]])
-    feats, valid = model.encode({"image": inputs}, {"image": present})
+    feats, valid, _ = model.encode({"image": inputs}, {"image": present})
     assert feats["image"].shape == (2, 6, 128)
     assert valid["image"].tolist() == [[True] * 4 + [False] * 2, [True] * 2 + [False] * 4]
-    torch.testing.assert_close(feats["image"][0, 2:4], model.adapters["image"](inputs[0, 1:2])[0])
+    torch.testing.assert_close(feats["image"][0, 2:4], model.adapters["image"](inputs[0, 1:2])[0][0])
 
 
 def test_guidance_rows_take_no_features(model):
@@ -83,7 +84,7 @@ def test_loss_never_masks_prompt_or_image_positions(model):
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
 def test_generation_with_precomputed_features(model, cache):
-    feats, valid = model.encode({"image": torch.randn(2, 1, 2, 3)})
+    feats, valid, _ = model.encode({"image": torch.randn(2, 1, 2, 3)})
     assert feats["image"].shape == (2, 2, 128) and valid["image"].all()
     prompts = [[5, IMG, IMG, 9], [IMG, IMG, 6]]
     cfg = SamplerConfig(steps=8, gen_length=8, block_length=4, cache=cache, cfg_scale=0.5)

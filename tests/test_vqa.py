@@ -100,7 +100,7 @@ def test_layout_modes_and_multi_image_collation(llava):
     task.config.text_only, task.config.turns = False, "each"
     tok = BuiltinTokenizer.build(task.texts(), "word", specials=["<image>"])
     tower = create_encoder("conv_tiny")
-    io_ = {"image": ModalityIO("image", tok.token_id("<image>"), tower.num_tokens(), tower.preprocess)}
+    io_ = {"image": ModalityIO("image", tok.token_id("<image>"), tower.num_tokens, tower.preprocess)}
     task.config.history = False
     layouts = task.train_layouts()
     batch = task.collate([layouts[0], layouts[2]], tok, io_)
@@ -115,7 +115,7 @@ def test_layout_modes_and_multi_image_collation(llava):
 def test_history_answers_are_maskable_and_placeholders_shift_them(llava):
     task = VQATask(VQAConfig(files={"train": str(llava / "train.json")}, turns="conversation", answer_length=3))
     tok = BuiltinTokenizer.build(task.texts(), "word", specials=["<image>"])
-    io_ = {"image": ModalityIO("image", tok.token_id("<image>"), 4, lambda x: torch.zeros(3, 8, 8))}
+    io_ = {"image": ModalityIO("image", tok.token_id("<image>"), lambda x: 4, lambda x: torch.zeros(3, 8, 8))}
     batch = task.collate(task.train_layouts()[:1], tok, io_)
     row = batch.input_ids[0][batch.maskable[0]].tolist()
     assert row[:2] == [tok.ids["red"], tok.eos_id] and row[2] == tok.ids["no"]  # history answer, then the final

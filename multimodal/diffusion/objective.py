@@ -9,12 +9,13 @@ normalisation (see loss.py). The model is any callable with the backbone's forwa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 
 from multimodal.diffusion.corruption import mask_tokens, random_truncation_length
+from multimodal.diffusion.ctc import ctc_auxiliary
 from multimodal.diffusion.loss import masked_diffusion_loss
 from multimodal.diffusion.schedule import MaskSchedule, create_schedule
 from multimodal.types import LossOutput, MultimodalBatch
@@ -34,6 +35,8 @@ class DiffusionConfig:
         weighting: ``schedule`` divides each masked CE by p (the schedule weight); ``none`` is plain CE.
         normalisation: ``sequence`` (pre-training), ``answer`` (SFT), ``tokens`` (DIFFA), ``masked``.
         chunk_size: rows per chunk of the output head in the loss.
+        ctc_weight: weight of an auxiliary CTC loss on modality towers that have a CTC head (speech
+            encoders trained from scratch; 0 disables it).
     """
 
     schedule: str = "llada_linear"
@@ -45,6 +48,7 @@ class DiffusionConfig:
     weighting: Literal["schedule", "none"] = "schedule"
     normalisation: Literal["sequence", "answer", "tokens", "masked"] = "answer"
     chunk_size: int = 512
+    ctc_weight: float = 0.0
 
     def build_schedule(self) -> MaskSchedule:
         return create_schedule(self.schedule, self.eps, self.clip_low, self.clip_high)
@@ -57,9 +61,12 @@ def diffusion_loss(
     schedule: MaskSchedule,
     mask_id: int,
     generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
     **model_kwargs: Any,
 ) -> LossOutput:
-    """Corrupt `batch` and return the masked-diffusion loss of `model` on it."""
+    """Corrupt `batch` and return the masked-diffusion loss of `model` on it (plus the auxiliary CTC
+    term when configured; `eos_id` and `pad_id` then say what the transcript targets exclude)."""
     x0, maskable, attn, pos = batch.input_ids, batch.maskable, batch.attention_mask, batch.position_ids
     length = random_truncation_length(x0.shape[1], config.truncate_prob, generator, x0.device)
     if length < x0.shape[1]:
@@ -77,7 +84,7 @@ def diffusion_loss(
     out = model(xt, attention_mask=attn, position_ids=pos, return_logits=False, **model_kwargs)
     weight = schedule.loss_weight(t) if config.weighting == "schedule" else torch.ones_like(t)
     head = getattr(model, "head_weight", None)  # a plain linear head takes the fused path
-    return masked_diffusion_loss(
+    result = masked_diffusion_loss(
         out.hidden_states,
         head if isinstance(head, torch.Tensor) else model.head,
         x0,
@@ -87,3 +94,10 @@ def diffusion_loss(
         config.normalisation,
         config.chunk_size,
     )
+    if config.ctc_weight > 0 and out.extras:
+        if eos_id is None:
+            raise ValueError("the auxiliary CTC loss needs eos_id")
+        ctc = ctc_auxiliary(out.extras, x0, maskable, eos_id, pad_id)
+        if ctc is not None:
+            result = replace(result, loss=result.loss + config.ctc_weight * ctc, ctc=float(ctc.detach()))
+    return result

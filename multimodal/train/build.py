@@ -103,7 +103,7 @@ def modality_io(model: nn.Module) -> dict[str, ModalityIO]:
     if not isinstance(model, MultimodalDiffusionModel):
         return {}
     return {
-        name: ModalityIO(name, model.placeholder_ids[name], adapter.num_tokens(None), adapter.encoder.preprocess)
+        name: ModalityIO(name, model.placeholder_ids[name], adapter.num_tokens, adapter.encoder.preprocess)
         for name, adapter in model.adapters.items()
     }
 

@@ -43,7 +43,7 @@ def answer_layouts(
     if batch.modality_inputs:
         inputs = {k: v.to(device) for k, v in batch.modality_inputs.items()}
         masks = {k: v.to(device) for k, v in batch.modality_masks.items()}
-        features, feature_masks = run.model.encode(inputs, masks)
+        features, feature_masks, _ = run.model.encode(inputs, masks)
         kwargs = {"modality_features": features, "feature_masks": feature_masks}
     sampler = create_sampler(sampler_config or run.config.sampler)
     out = generate(
@@ -82,6 +82,8 @@ def evaluate(
         gen_tokens += out.generated.numel()
     elapsed = time.perf_counter() - start
     metrics: dict[str, Any] = dict(run.task.metrics(predictions, layouts))
+    if metrics.get("audio_seconds"):
+        metrics["real_time_factor"] = round(elapsed / metrics["audio_seconds"], 4)
     metrics.update(
         {
             "split": split,
@@ -96,10 +98,12 @@ def evaluate(
         return metrics
     out_dir = run.folder / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
+    details = run.task.prediction_details(predictions, layouts)
     with (out_dir / f"{split}_predictions.jsonl").open("w") as f:
-        for lay, pred in zip(layouts, predictions, strict=True):
+        for lay, pred, extra in zip(layouts, predictions, details, strict=True):
             row = {"id": lay.meta.get("id"), "prompt": lay.prompt, "prediction": pred, "reference": lay.answer}
             row.update({k: v for k, v in lay.meta.items() if k not in row and isinstance(v, (str, int, float))})
+            row.update(extra)
             f.write(json.dumps(row) + "\n")
     (out_dir / f"{split}_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

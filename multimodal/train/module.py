@@ -20,12 +20,21 @@ from multimodal.types import MultimodalBatch
 class DiffusionModule(L.LightningModule):
     """Trains `model` (a backbone or multimodal model) with the masked-diffusion loss."""
 
-    def __init__(self, model: nn.Module, diffusion: DiffusionConfig, train: TrainConfig, mask_id: int, seed: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        diffusion: DiffusionConfig,
+        train: TrainConfig,
+        mask_id: int,
+        seed: int = 0,
+        eos_id: int | None = None,
+        pad_id: int = 0,
+    ):
         super().__init__()
         self.model = model
         self.diffusion = diffusion
         self.train_cfg = train
-        self.mask_id = mask_id
+        self.mask_id, self.eos_id, self.pad_id = mask_id, eos_id, pad_id
         self.seed = seed
         self.schedule = diffusion.build_schedule()
 
@@ -35,12 +44,23 @@ class DiffusionModule(L.LightningModule):
         return g
 
     def training_step(self, batch: MultimodalBatch, batch_idx: int) -> torch.Tensor:
-        out = diffusion_loss(self.model, batch, self.diffusion, self.schedule, self.mask_id, self._generator())
+        out = diffusion_loss(
+            self.model,
+            batch,
+            self.diffusion,
+            self.schedule,
+            self.mask_id,
+            self._generator(),
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+        )
         size = batch.input_ids.shape[0]
         self.log("loss", out.loss.detach(), prog_bar=True, batch_size=size)
         self.log("masked_ce", out.mean_ce, batch_size=size)
         if out.accuracy is not None:
             self.log("masked_acc", out.accuracy, batch_size=size)
+        if out.ctc is not None:
+            self.log("ctc", out.ctc, prog_bar=True, batch_size=size)
         return out.loss
 
     def configure_optimizers(self):

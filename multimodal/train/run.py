@@ -110,7 +110,15 @@ def train(config: ExperimentConfig) -> Run:
         collate_fn=lambda items: run.task.collate(items, run.tokenizer, modalities),
         generator=torch.Generator().manual_seed(config.seed),
     )
-    module = DiffusionModule(run.model, config.diffusion, cfg, run.tokenizer.mask_id, config.seed)
+    module = DiffusionModule(
+        run.model,
+        config.diffusion,
+        cfg,
+        run.tokenizer.mask_id,
+        config.seed,
+        eos_id=run.tokenizer.eos_id,
+        pad_id=run.tokenizer.pad_id,
+    )
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"

@@ -1,0 +1,208 @@
+"""Speech adapters (projectors from `AudioFeatures` to backbone embeddings), PAPERS.md section 4.
+
+* ``diffa_semantic`` (DIFFA): from the last encoder layer, Conv1d(k3) -> GELU -> Conv1d(k3, stride 4,
+  channels x4), then Linear -> ReLU -> Linear -> ReLU -> LayerNorm: one token per 4 encoder frames.
+* ``diffa_acoustic`` (DIFFA): a 2-layer Q-Former whose learned queries (64 per layer) cross-attend to
+  several intermediate layers (2, 5, 8, 11 of whisper-small); the per-layer outputs are mixed by a
+  per-query softmax over layers, then LayerNorm and Linear: 64 tokens whatever the duration.
+* ``diffa_dual``: both, semantic tokens then acoustic tokens (DIFFA stage 2).
+* ``window_qformer`` (Whisper-LLaDA): 4 learned queries per fixed window of frames (0.33 s: 17
+  Whisper frames), so a 30 s window gives 88 x 4 = 352 tokens.
+* ``speech_linear``: a linear map of the last layer, one token per frame (from-scratch demos).
+
+Every adapter can prepend learned prompt vectors (`prompt_vectors`, DIFFA stage 1 uses 20). They
+return (tokens (B, N, D), valid (B, N)) and say how many tokens a clip gives (from its real and
+padded encoder frame counts).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from encoders.audio import AudioFeatures, FrameCount
+from encoders.projectors import PROJECTORS
+
+
+def _valid(lengths: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.arange(n, device=lengths.device)[None] < lengths[:, None]
+
+
+class PromptVectors(nn.Module):
+    """`count` learned embeddings prepended to an adapter's tokens."""
+
+    def __init__(self, count: int, dim: int):
+        super().__init__()
+        self.count = count
+        self.vectors = nn.Parameter(torch.randn(count, dim) * 0.02) if count else None
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.count:
+            return tokens, valid
+        b = tokens.shape[0]
+        prompt = self.vectors.to(tokens.dtype)[None].expand(b, -1, -1)
+        return torch.cat([prompt, tokens], 1), torch.cat([valid.new_ones(b, self.count), valid], 1)
+
+
+class SpeechAdapter(nn.Module):
+    """Base: subclasses implement `tokens(features)` and `frames_to_tokens(frames)`."""
+
+    def __init__(self, out_dim: int, prompt_vectors: int = 0):
+        super().__init__()
+        self.prompt = PromptVectors(prompt_vectors, out_dim)
+
+    def frames_to_tokens(self, frames: FrameCount) -> int:
+        raise NotImplementedError
+
+    def output_tokens(self, frames: FrameCount) -> int:
+        return self.prompt.count + self.frames_to_tokens(frames)
+
+    def tokens(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prompt(*self.tokens(features))
+
+
+class SemanticAdapter(SpeechAdapter):
+    def __init__(self, in_dim: int, out_dim: int, prompt_vectors: int = 0):
+        super().__init__(out_dim, prompt_vectors)
+        self.conv = nn.Sequential(
+            nn.Conv1d(in_dim, in_dim, 3, padding=1), nn.GELU(), nn.Conv1d(in_dim, 4 * in_dim, 3, stride=4, padding=1)
+        )
+        self.mlp = nn.Sequential(
+            nn.Linear(4 * in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim), nn.ReLU(), nn.LayerNorm(out_dim)
+        )
+
+    def frames_to_tokens(self, frames: FrameCount) -> int:
+        return math.ceil(frames.real / 4)
+
+    def tokens(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.conv(features.last.transpose(1, 2)).transpose(1, 2)  # (B, ceil(T/4), 4C)
+        lengths = torch.div(features.lengths + 3, 4, rounding_mode="floor")
+        return self.mlp(x), _valid(lengths, x.shape[1])
+
+
+class QFormer(nn.Module):
+    """Learned queries -> `layers` blocks of (self-attention, cross-attention to the memory, MLP)."""
+
+    def __init__(self, dim: int, layers: int = 2, heads: int = 4):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.TransformerDecoderLayer(dim, heads, 4 * dim, 0.0, activation="gelu", batch_first=True, norm_first=True)
+            for _ in range(layers)
+        )
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor | None) -> torch.Tensor:
+        x = queries
+        for block in self.blocks:
+            x = block(x, memory, memory_key_padding_mask=memory_pad)
+        return x
+
+
+class AcousticAdapter(SpeechAdapter):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        layers: tuple[int, ...] | list[int] = (2, 5, 8, 11),
+        queries: int = 64,
+        qformer_layers: int = 2,
+        heads: int = 4,
+        prompt_vectors: int = 0,
+    ):
+        super().__init__(out_dim, prompt_vectors)
+        self.layers = tuple(layers)
+        self.queries = nn.Parameter(torch.randn(len(self.layers), queries, in_dim) * 0.02)
+        self.qformer = QFormer(in_dim, qformer_layers, heads)
+        self.mix = nn.Parameter(torch.zeros(queries, len(self.layers)))  # per-query logits over layers
+        self.norm = nn.LayerNorm(in_dim)
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def frames_to_tokens(self, frames: FrameCount) -> int:
+        return self.queries.shape[1]
+
+    def tokens(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        states = features.hidden_states
+        if max(self.layers) >= len(states):
+            raise ValueError(
+                f"acoustic adapter reads layer {max(self.layers)} but the encoder has {len(states)} outputs"
+            )
+        b = states[0].shape[0]
+        per_layer = []
+        for i, layer in enumerate(self.layers):
+            memory = states[layer]
+            pad = ~_valid(features.lengths, memory.shape[1])
+            per_layer.append(self.qformer(self.queries[i][None].expand(b, -1, -1), memory, pad))  # (B, Q, C)
+        stacked = torch.stack(per_layer, dim=2)  # (B, Q, L, C)
+        weights = self.mix.softmax(-1)[None, :, :, None]  # (1, Q, L, 1): a softmax over layers per query
+        out = self.proj(self.norm((stacked * weights).sum(2)))
+        return out, out.new_ones(out.shape[:2], dtype=torch.bool)
+
+
+class DualAdapter(SpeechAdapter):
+    """DIFFA stage 2: semantic tokens followed by acoustic tokens."""
+
+    def __init__(self, in_dim: int, out_dim: int, prompt_vectors: int = 0, **acoustic):
+        super().__init__(out_dim, prompt_vectors)
+        self.semantic = SemanticAdapter(in_dim, out_dim)
+        self.acoustic = AcousticAdapter(in_dim, out_dim, **acoustic)
+
+    def frames_to_tokens(self, frames: FrameCount) -> int:
+        return self.semantic.frames_to_tokens(frames) + self.acoustic.frames_to_tokens(frames)
+
+    def tokens(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        s, sv = self.semantic.tokens(features)
+        a, av = self.acoustic.tokens(features)
+        return torch.cat([s, a], 1), torch.cat([sv, av], 1)
+
+
+class WindowQFormer(SpeechAdapter):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        window: int = 17,
+        queries: int = 4,
+        qformer_layers: int = 2,
+        heads: int = 4,
+        prompt_vectors: int = 0,
+    ):
+        super().__init__(out_dim, prompt_vectors)
+        self.window = window
+        self.queries = nn.Parameter(torch.randn(queries, in_dim) * 0.02)
+        self.qformer = QFormer(in_dim, qformer_layers, heads)
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def frames_to_tokens(self, frames: FrameCount) -> int:
+        return self.queries.shape[0] * (frames.total // self.window)  # every window of the padded input
+
+    def tokens(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        x = features.last
+        b, t, c = x.shape
+        n = t // self.window  # whole windows over the (padded) encoder output
+        windows = x[:, : n * self.window].reshape(b * n, self.window, c)  # (B*n, w, C)
+        out = self.qformer(self.queries[None].expand(b * n, -1, -1), windows, None)  # (B*n, q, C)
+        out = self.proj(out.reshape(b, n * self.queries.shape[0], c))
+        return out, out.new_ones(out.shape[:2], dtype=torch.bool)
+
+
+class LinearSpeech(SpeechAdapter):
+    def __init__(self, in_dim: int, out_dim: int, prompt_vectors: int = 0):
+        super().__init__(out_dim, prompt_vectors)
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def frames_to_tokens(self, frames: FrameCount) -> int:
+        return frames.real
+
+    def tokens(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.proj(features.last), _valid(features.lengths, features.last.shape[1])
+
+
+PROJECTORS.register("diffa_semantic", SemanticAdapter)
+PROJECTORS.register("diffa_acoustic", AcousticAdapter)
+PROJECTORS.register("diffa_dual", DualAdapter)
+PROJECTORS.register("window_qformer", WindowQFormer)
+PROJECTORS.register("speech_linear", LinearSpeech)

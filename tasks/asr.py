@@ -1,0 +1,147 @@
+"""Speech recognition with an audio-conditioned diffusion LM (Whisper-LLaDA / DIFFA layouts).
+
+Data: the embedded spoken corpus (tasks/synthetic/spoken.py, written as shards on first use), a
+LibriSpeech-style folder, a JSON-lines manifest or WebDataset shards, all read into the same
+records (tasks/asr_data.py). Layouts (PAPERS.md section 4):
+
+* ``audio_after_prompt`` (Whisper-LLaDA): "Transcribe the audio:" followed by the audio embeddings;
+* ``audio_in_instruction`` (DIFFA): "This is the audio: " <audio embeddings> then the instruction.
+
+The answer is the transcript (lower-case words). Metrics: corpus WER after Whisper's English
+normalisation with substitutions / deletions / insertions, also for the held-out-voice and seen-voice
+parts of the embedded test split; each prediction is written with its alignment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tasks.asr_data import read_librispeech, read_manifest, read_speech_shards
+from tasks.asr_metrics import wer_report
+from tasks.base import TASKS, Layout, Task, TaskConfig
+from tasks.vqa_data import ReadStats
+
+log = logging.getLogger(__name__)
+AUDIO_TOKEN = "<audio>"
+
+
+@dataclass
+class ASRConfig(TaskConfig):
+    """Settings of the ASR task.
+
+    Attributes:
+        data: ``embedded``, a LibriSpeech-style folder, a folder of shards ``<split>-*.tar``, or a
+            ``.jsonl`` manifest (then `files` names one per split).
+        files: split -> manifest, LibriSpeech folder or shard glob, overriding `data`.
+        data_dir: where the embedded corpus is written (once per configuration).
+        spoken: overrides of the corpus generator (SpokenConfig fields).
+        layout: ``audio_after_prompt`` (Whisper-LLaDA) or ``audio_in_instruction`` (DIFFA).
+        prompt: the instruction text.
+        bad_records: ``skip`` (count and drop) or ``fail``.
+        max_examples: cap per split.
+    """
+
+    name: str = "asr"
+    data: str = "embedded"
+    files: dict[str, str] = field(default_factory=dict)
+    data_dir: str = "data/spoken"
+    spoken: dict[str, Any] = field(default_factory=dict)
+    layout: Literal["audio_after_prompt", "audio_in_instruction"] = "audio_after_prompt"
+    prompt: str = "Transcribe the audio:"
+    bad_records: Literal["skip", "fail"] = "skip"
+    max_examples: int | None = None
+
+
+def embedded_corpus(cfg: ASRConfig) -> Path:
+    """The spoken corpus for this configuration, written under data_dir/<hash> on first use."""
+    from tasks.synthetic.spoken import SpokenConfig, write_spoken_corpus
+
+    spoken = SpokenConfig(seed=cfg.seed, **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.spoken.items()})
+    digest = hashlib.sha1(json.dumps(asdict(spoken), sort_keys=True, default=list).encode()).hexdigest()[:10]
+    folder = Path(cfg.data_dir) / digest
+    if not (folder / "manifest.json").is_file():
+        log.info("synthesising the embedded spoken corpus to %s (about a minute per 5,000 utterances)", folder)
+        write_spoken_corpus(folder, spoken, progress=True)
+    return folder
+
+
+@TASKS.register("asr")
+class ASRTask(Task):
+    Config = ASRConfig
+
+    def __init__(self, config: ASRConfig):
+        super().__init__(config)
+        self._records: dict[str, list[dict[str, Any]]] = {}
+        self.stats: dict[str, ReadStats] = {}
+
+    def _read(self, split: str) -> tuple[list[dict[str, Any]], ReadStats]:
+        cfg = self.config
+        spec = cfg.files.get(split)
+        if spec is None and cfg.data == "embedded":
+            return read_speech_shards(sorted(embedded_corpus(cfg).glob(f"{split}-*.tar")), cfg.bad_records)
+        path = Path(spec or cfg.data)
+        if path.suffix == ".jsonl":
+            return read_manifest(path, cfg.bad_records)
+        if path.is_dir() and any(path.glob("*/*/*.trans.txt")):
+            return read_librispeech(path, cfg.bad_records)
+        shards = sorted(path.glob(f"{split}-*.tar")) if path.is_dir() else sorted(path.parent.glob(path.name))
+        if not shards:
+            raise FileNotFoundError(f"no speech data for split '{split}' at {path}")
+        return read_speech_shards(shards, cfg.bad_records)
+
+    def examples(self, split: str) -> Sequence[dict[str, Any]]:
+        self.check_split(split)
+        if split not in self._records:
+            records, stats = self._read(split)
+            self._records[split], self.stats[split] = records[: self.config.max_examples or None], stats
+        return self._records[split]
+
+    def prompt_text(self) -> str:
+        if self.config.layout == "audio_in_instruction":
+            return f"This is the audio: {AUDIO_TOKEN} {self.config.prompt}"
+        return f"{self.config.prompt} {AUDIO_TOKEN}"
+
+    def layout(self, example: dict[str, Any]) -> Layout:
+        meta = {
+            "id": example["id"],
+            "held_out_voice": bool(example.get("held_out_voice", False)),
+            "duration_s": float(example.get("duration_s", 0.0)),
+        }
+        return Layout(prompt=self.prompt_text(), answer=example["text"], meta=meta, media={"audio": [example["audio"]]})
+
+    def layout_for_prompt(self, prompt: str, image: str | None = None, audio: str | None = None) -> Layout:
+        if image:
+            raise ValueError("the asr task takes audio, not images")
+        if audio is None:
+            raise ValueError("the asr task needs --audio")
+        if not Path(audio).is_file():
+            raise FileNotFoundError(f"audio file not found: {audio}")
+        text = prompt if AUDIO_TOKEN in prompt else self.prompt_text()
+        return Layout(prompt=text, answer="", media={"audio": [Path(audio)]})
+
+    def texts(self) -> list[str]:
+        return [self.prompt_text()] + [r["text"] for r in self.examples("train")]
+
+    def metrics(self, predictions: Sequence[str], layouts: Sequence[Layout]) -> dict[str, Any]:
+        ids = [lay.meta.get("id") for lay in layouts]
+        report = wer_report(predictions, [lay.answer for lay in layouts], ids)
+        out: dict[str, Any] = {k: report[k] for k in ("wer", "S", "D", "I", "N", "num_utterances")}
+        for name, keep in (("held_out_voice", True), ("seen_voice", False)):
+            rows = [i for i, lay in enumerate(layouts) if lay.meta.get("held_out_voice", False) == keep]
+            if rows and len(rows) < len(layouts):
+                sub = wer_report([predictions[i] for i in rows], [layouts[i].answer for i in rows])
+                out[f"wer/{name}"], out[f"n/{name}"] = sub["wer"], len(rows)
+        audio_seconds = sum(lay.meta.get("duration_s", 0.0) for lay in layouts)
+        if audio_seconds:
+            out["audio_seconds"] = round(audio_seconds, 2)
+        return out
+
+    def prediction_details(self, predictions: Sequence[str], layouts: Sequence[Layout]) -> list[dict[str, Any]]:
+        report = wer_report(predictions, [lay.answer for lay in layouts], [lay.meta.get("id") for lay in layouts])
+        return [{"alignment": u["alignment"], "errors": u["S"] + u["D"] + u["I"]} for u in report["utterances"]]

@@ -1,0 +1,186 @@
+"""The ASR task: readers on broken records, speech towers and adapters, CTC, CLI transcription."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from encoders import create_encoder, create_projector
+from encoders.audio_io import load_audio, log_mel
+from tasks.asr_data import read_librispeech, read_manifest, read_speech_shards
+from tasks.vqa_data import BadRecord
+
+
+def flac(seconds=0.5, rate=16000) -> bytes:
+    buf = io.BytesIO()
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(buf, (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate, format="FLAC")
+    return buf.getvalue()
+
+
+def test_librispeech_and_manifest_readers_count_broken_records(tmp_path):
+    chapter = tmp_path / "ls" / "19" / "198"
+    chapter.mkdir(parents=True)
+    (chapter / "19-198-0000.flac").write_bytes(flac())
+    (chapter / "19-198-0001.flac").write_bytes(b"broken")
+    (chapter / "19-198.trans.txt").write_text("19-198-0000 HELLO WORLD\n19-198-0001 BROKEN ONE\n19-198-0002 NO FILE\n")
+    records, stats = read_librispeech(tmp_path / "ls")
+    assert [r["text"] for r in records] == ["hello world"]
+    assert dict(stats.skipped) == {"corrupt audio": 1, "missing audio": 1}
+
+    (tmp_path / "a.flac").write_bytes(flac())
+    (tmp_path / "empty.wav").write_bytes(b"")
+    lines = [
+        {"audio": "a.flac", "text": "one two"},
+        {"audio": "a.flac", "text": " "},
+        "not json",
+        {"audio": "empty.wav", "text": "x"},
+    ]
+    (tmp_path / "m.jsonl").write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines))
+    records, stats = read_manifest(tmp_path / "m.jsonl")
+    assert len(records) == 1 and dict(stats.skipped) == {
+        "empty transcript": 1,
+        "bad manifest line": 1,
+        "corrupt audio": 1,
+    }
+    with pytest.raises(BadRecord, match="empty transcript"):
+        read_manifest(tmp_path / "m.jsonl", policy="fail")
+
+
+def test_speech_shards_with_text_or_json(tmp_path):
+    path = tmp_path / "train-00000.tar"
+    with tarfile.open(path, "w") as tar:
+
+        def add(name, data):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+        add("a.flac", flac())
+        add("a.json", json.dumps({"text": "hello there", "voice": "en"}).encode())
+        add("b.flac", flac())
+        add("b.txt", b"good morning")
+        add("c.json", json.dumps({"text": "no audio"}).encode())
+    records, stats = read_speech_shards([path])
+    assert [r["text"] for r in records] == ["hello there", "good morning"] and records[0]["voice"] == "en"
+    assert dict(stats.skipped) == {"missing audio": 1}
+
+
+def test_audio_loading_resamples_and_rejects_bad_input(tmp_path):
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((4000, 2), np.float32), 8000, format="WAV")
+    wave = load_audio(buf.getvalue())
+    assert wave.shape == (8000,)  # stereo 8 kHz -> mono 16 kHz
+    with pytest.raises(ValueError, match="corrupt or unsupported audio"):
+        load_audio(b"garbage")
+    with pytest.raises(FileNotFoundError, match="audio file not found"):
+        load_audio(tmp_path / "none.flac")
+    with pytest.raises(ValueError, match="longer than the 30 s window"):
+        log_mel(torch.zeros(16000 * 31), pad_seconds=30)
+
+
+def test_whisper_features_and_encoder_match_transformers(tmp_path):
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    wave = (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32)
+    ref = WhisperFeatureExtractor(feature_size=80)(wave, sampling_rate=16000, return_tensors="np")["input_features"][0]
+    torch.testing.assert_close(
+        log_mel(torch.from_numpy(wave), 80, pad_seconds=30), torch.from_numpy(ref), atol=1e-4, rtol=1e-4
+    )
+    torch.manual_seed(0)
+    cfg = WhisperConfig(
+        num_mel_bins=80,
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=64,
+        max_source_positions=1500,
+        vocab_size=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+    )
+    WhisperModel(cfg).save_pretrained(str(tmp_path))
+    reference = WhisperModel.from_pretrained(str(tmp_path)).encoder.eval()
+    tower = create_encoder("whisper", weights=str(tmp_path)).eval()
+    x = tower.preprocess(torch.from_numpy(wave))
+    assert x.shape == (81, 3000) and tower.num_tokens(x) == (50, 1500)  # real and padded encoder frames
+    out = tower(x[None])
+    expected = reference(x[None, :80], output_hidden_states=True).hidden_states
+    assert len(out.hidden_states) == 3 and out.lengths.tolist() == [50]
+    for a, b in zip(out.hidden_states, expected, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,expect",
+    [
+        ("diffa_semantic", {}, lambda frames: -(-frames // 4)),
+        ("diffa_acoustic", {"layers": [1, 2, 3], "queries": 8}, lambda frames: 8),
+        ("diffa_dual", {"layers": [1, 3], "queries": 4, "prompt_vectors": 2}, lambda frames: 2 + -(-frames // 4) + 4),
+        ("window_qformer", {"window": 5, "queries": 2}, lambda frames: 2 * (100 // 5)),
+        ("speech_linear", {"prompt_vectors": 3}, lambda frames: 3 + frames),
+    ],
+)
+def test_speech_adapters_give_the_announced_token_counts(name, kwargs, expect):
+    from encoders.base import ModalityAdapter
+
+    tower = create_encoder("whisper_tiny")
+    adapter = ModalityAdapter(tower, create_projector(name, 32, 48, **kwargs))
+    clips = [tower.preprocess(torch.randn(n) * 0.1) for n in (16000, 8000)]
+    tokens, valid, _ = adapter(torch.stack(clips))
+    for i, clip in enumerate(clips):
+        frames = tower.output_frames(int(clip[-1].sum()))  # real encoder frames
+        assert int(valid[i].sum()) == adapter.num_tokens(clip) == expect(frames)
+    assert tokens.shape[-1] == 48
+
+
+def test_ctc_head_gives_an_auxiliary_loss():
+    from multimodal.diffusion.ctc import ctc_auxiliary
+
+    tower = create_encoder("conv_speech", width=32, layers=1, ctc_vocab=10)
+    out = tower(torch.stack([tower.preprocess(torch.randn(8000) * 0.1)] * 2))
+    extras = {"audio": {"ctc_logits": out.extras["ctc_logits"], "lengths": out.lengths, "rows": torch.tensor([0, 1])}}
+    x0 = torch.tensor([[5, 6, 7, 2, 2], [8, 2, 2, 2, 2]])
+    maskable = torch.tensor([[False, True, True, True, True], [True] * 5])
+    loss = ctc_auxiliary(extras, x0, maskable, eos_id=2, blank_id=0)
+    assert loss is not None and loss.item() > 0
+    loss.backward()
+    assert tower.ctc_head.weight.grad is not None
+
+
+def test_cli_transcribes_one_file(tmp_path, capsys):
+    from multimodal.cli import main
+
+    spoken = "{train_size: 24, validation_size: 4, test_size: 6, voices: [en-us, en-gb-x-rp], held_out_voices: [en-us+f2]}"
+    sets = [
+        f"train.output_dir={tmp_path}",
+        f"task.data_dir={tmp_path / 'data'}",
+        f"task.spoken={spoken}",
+        "train.max_steps=2",
+        "train.batch_size=4",
+        "train.threads=1",
+        "train.log_every=1",
+        "modalities.audio.encoder_args={width: 32, layers: 1, heads: 2, ctc_vocab: 256}",
+    ]
+    assert main(["train", "-c", "spoken_asr", *[a for s in sets for a in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    assert '"wer"' in out and '"wer/held_out_voice"' in out
+    preds = [
+        json.loads(x) for x in (tmp_path / "spoken_asr" / "eval" / "test_predictions.jsonl").read_text().splitlines()
+    ]
+    assert "alignment" in preds[0] and "REF" in preds[0]["alignment"].upper()
+    clip = tmp_path / "clip.flac"
+    clip.write_bytes(flac(1.0))
+    assert main(["sample", "--run", str(tmp_path / "spoken_asr"), "--audio", str(clip), "--prompt", "x"]) == 0
+    assert "x -> " in capsys.readouterr().out

@@ -62,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many examples")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    p = sub.add_parser("deliberate", help="refill part of first-pass ASR hypotheses with a speech run")
+    p.add_argument("--run", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--hypotheses", required=True, help="JSON lines: id, hypothesis, audio (or an id of --split)")
+    p.add_argument("--mode", default="low_confidence", choices=["random", "low_confidence", "chunks"])
+    p.add_argument("--ratio", type=float, default=0.3, help="fraction of hypothesis tokens to mask")
+    p.add_argument("--chunks", type=int, default=4, help="chunks for the semi-autoregressive mode")
+    p.add_argument("--text-only", action="store_true", help="withhold the audio (the control)")
+    p.add_argument("--split", default="test", help="task split that hypothesis ids refer to")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     p = sub.add_parser("list", help="list registered presets, samplers, schedules, tasks")
     p.add_argument("family", nargs="?", default=None, help="only this registry (backbone, sampler, ...)")
     p.add_argument("--pattern", default="*", help="glob over names")
@@ -124,6 +134,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "eval":
         run = runs.load_run(args.run, args.overrides)
         _print_metrics(evaluation.evaluate(run, args.split, args.limit))
+        return 0
+    if args.command == "deliberate":
+        from multimodal.train.deliberate import deliberate_file
+        from tasks.deliberation import DeliberationConfig
+
+        run = runs.load_run(args.run, args.overrides)
+        config = DeliberationConfig(args.mode, args.ratio, args.chunks, args.text_only)
+        _print_metrics(deliberate_file(run, args.hypotheses, config, args.split))
         return 0
     if args.command == "sample":
         run = runs.load_run(args.run, args.overrides)

@@ -180,6 +180,11 @@ def test_cli_transcribes_one_file(tmp_path, capsys):
         json.loads(x) for x in (tmp_path / "spoken_asr" / "eval" / "test_predictions.jsonl").read_text().splitlines()
     ]
     assert "alignment" in preds[0] and "REF" in preds[0]["alignment"].upper()
+    predictions = tmp_path / "spoken_asr" / "eval" / "test_predictions.jsonl"
+    for flag in ([], ["--text-only"]):
+        assert main(["deliberate", "--run", str(tmp_path / "spoken_asr"), "--hypotheses", str(predictions), *flag]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["utterances"] == 6 and report["text_only"] == bool(flag) and "wer_after" in report
     clip = tmp_path / "clip.flac"
     clip.write_bytes(flac(1.0))
     assert main(["sample", "--run", str(tmp_path / "spoken_asr"), "--audio", str(clip), "--prompt", "x"]) == 0

@@ -1,0 +1,70 @@
+"""ASR deliberation: masking ratio, lowest-probability picks, chunks, and a refill that repairs errors."""
+
+from __future__ import annotations
+
+import torch
+
+from multimodal.sampling import SpecialIds
+from multimodal.tokenizer import BuiltinTokenizer
+from tasks.deliberation import DeliberationConfig, chunk_masks, deliberate, select_lowest
+from tasks.digits import DigitsConfig, DigitsTask
+from tests.conftest import TableModel
+
+
+def test_select_lowest_takes_the_ratio_of_each_row():
+    region = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    scores = torch.arange(11.0).flip(0).expand(2, 11).clone()  # later positions are less probable
+    scores[1, 4] = -5.0  # the truly lowest of row 1
+    chosen = select_lowest(scores, region, 0.3)
+    assert chosen[0].nonzero().flatten().tolist() == [8, 9, 10]  # round(0.3 * 10) = 3 lowest
+    assert chosen[1].nonzero().flatten().tolist() == [4]  # round(0.3 * 4) = 1
+    assert not (chosen & ~region).any()
+
+
+def test_chunks_cover_the_hypothesis_in_order_without_overlap():
+    region = torch.zeros(2, 12, dtype=torch.bool)
+    region[0, 2:12] = True
+    region[1, 2:5] = True
+    masks = chunk_masks(region, 4)
+    assert torch.equal(torch.stack(masks).sum(0).bool(), region) and int(torch.stack(masks).sum()) == int(region.sum())
+    firsts = [int(m[0].nonzero()[0]) for m in masks]
+    assert firsts == sorted(firsts)
+
+
+def build(reference: str, table_boost: float = 8.0):
+    task = DigitsTask(DigitsConfig(train_size=10, test_size=2, validation_size=2))
+    tok = BuiltinTokenizer.build(["0123456789="])
+    prompt = "12345="
+    ref = tok.encode(reference)
+    p = len(tok.encode(prompt))
+
+    def fn(ids, attention_mask, position_ids):
+        logits = torch.zeros(*ids.shape, len(tok))
+        for j, t in enumerate(ref):  # the model knows the right answer at every answer position
+            logits[:, p + j, t] = table_boost
+        return logits
+
+    from tasks.base import Layout
+
+    return task, tok, [Layout(prompt=prompt, answer=reference)], TableModel(fn=fn)
+
+
+def test_low_confidence_deliberation_repairs_the_wrong_tokens():
+    task, tok, layouts, model = build("54321")
+    special = SpecialIds(tok.mask_id, tok.eos_id)
+    hyp = ["59381"]  # two wrong digits
+    fixed, calls = deliberate(model, task, tok, {}, layouts, hyp, DeliberationConfig("low_confidence", 0.4), special)
+    assert fixed == ["54321"] and calls == 1 + 2  # one scoring forward, then one token per call
+    for mode in ("random", "chunks"):
+        out, _ = deliberate(
+            model,
+            task,
+            tok,
+            {},
+            layouts,
+            hyp,
+            DeliberationConfig(mode, 1.0, chunks=5),
+            special,
+            torch.Generator().manual_seed(0),
+        )
+        assert out == ["54321"]  # masking everything lets the model rewrite all of it

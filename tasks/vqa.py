@@ -177,7 +177,10 @@ class VQATask(Task):
         return Layout(prompt=question, answer="", media={"image": [Path(image)]})
 
     def texts(self) -> list[str]:
-        return [t for lay in self.train_layouts() for t in (lay.prompt, lay.answer, *sum(lay.history, ()))]
+        """Questions, answers and captions whatever the mode, so caption (stage 1) and question
+        (stage 2) runs share one vocabulary and a checkpoint carries over."""
+        layouts = self.layouts("train", "conversation" if self.config.turns == "conversation" else "each", "mixed")
+        return [t for lay in layouts for t in (lay.prompt, lay.answer, *sum(lay.history, ()))]
 
     def metrics(self, predictions: Sequence[str], layouts: Sequence[Layout]) -> dict[str, Any]:
         types = [lay.meta.get("question_type", "all") for lay in layouts]

@@ -3,8 +3,9 @@ encoder trained from scratch for CPU demos.
 
 Inputs are Whisper log-mel features with one extra row marking real frames: (n_mels + 1, T), the
 last row 1 for real frames and 0 for padding (added by `preprocess`), so clips of different
-lengths stack into one batch and every tower knows its real lengths. Towers return `AudioFeatures`:
-every layer's hidden states (B, T', C) and the real output lengths, which the adapters
+lengths stack into one batch and every tower knows its real lengths. Towers return
+`SequenceFeatures` (encoders/base.py): every layer's hidden states (B, T', C) and the real output
+lengths, which the adapters
 (audio_adapters.py) need: DIFFA's semantic adapter reads the last layer, its acoustic Q-Former
 several intermediate ones, Whisper-LLaDA's window Q-Former fixed time windows.
 
@@ -16,42 +17,15 @@ it learn in minutes (DiffusionConfig.ctc_weight); pretrained Whisper needs none.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
 from encoders.audio_io import SAMPLE_RATE, WINDOW_SECONDS, load_audio, log_mel
-from encoders.base import ENCODERS, EncoderSpec, ModalityEncoder
+from encoders.base import ENCODERS, EncoderSpec, ModalityEncoder, SequenceFeatures, TokenCount
 from encoders.weights import load_into, load_state_dict
-
-
-class FrameCount(NamedTuple):
-    """Encoder output frames of one clip: real ones and all (padding included)."""
-
-    real: int
-    total: int
-
-
-@dataclass
-class AudioFeatures:
-    """What a speech tower returns.
-
-    Attributes:
-        hidden_states: the input embedding output and every layer's output, each (B, T', C).
-        lengths: (B,) real frames in T'.
-        extras: auxiliary outputs (``ctc_logits`` (B, T', V) when the tower has a CTC head).
-    """
-
-    hidden_states: tuple[torch.Tensor, ...]
-    lengths: torch.Tensor
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def last(self) -> torch.Tensor:
-        return self.hidden_states[-1]
 
 
 def with_validity(features: torch.Tensor, real_frames: int) -> torch.Tensor:
@@ -88,11 +62,11 @@ class SpeechTower(ModalityEncoder):
     def output_frames(self, input_frames: int) -> int:
         raise NotImplementedError
 
-    def num_tokens(self, inputs: torch.Tensor | None) -> FrameCount:
+    def num_tokens(self, inputs: torch.Tensor | None) -> TokenCount:
         """Output frames of a preprocessed clip (the adapter turns them into a token count)."""
         if inputs is None:
             raise ValueError("speech token counts depend on the clip: pass its features")
-        return FrameCount(self.output_frames(int(inputs[-1].gt(0.5).sum())), self.output_frames(inputs.shape[-1]))
+        return TokenCount(self.output_frames(int(inputs[-1].gt(0.5).sum())), self.output_frames(inputs.shape[-1]))
 
 
 class WhisperTower(SpeechTower):
@@ -131,11 +105,11 @@ class WhisperTower(SpeechTower):
             for p in layer.parameters():
                 p.requires_grad_(True)
 
-    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> AudioFeatures:
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> SequenceFeatures:
         features, frames = split_validity(inputs)
         out = self.encoder(features, output_hidden_states=True)
         lengths = (frames + 1) // 2
-        return AudioFeatures(tuple(out.hidden_states), lengths)
+        return SequenceFeatures(tuple(out.hidden_states), lengths)
 
 
 class ConvSpeechEncoder(SpeechTower):
@@ -180,7 +154,7 @@ class ConvSpeechEncoder(SpeechTower):
         table[:, 0::2], table[:, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
         return table
 
-    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> AudioFeatures:
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> SequenceFeatures:
         features, frames = split_validity(inputs)
         x = self.subsample(features).transpose(1, 2)  # (B, T/4, C)
         lengths = torch.div(torch.div(frames + 1, 2, rounding_mode="floor") + 1, 2, rounding_mode="floor")
@@ -192,7 +166,7 @@ class ConvSpeechEncoder(SpeechTower):
             states.append(x)
         states[-1] = self.norm(x)
         extras = {} if self.ctc_head is None else {"ctc_logits": self.ctc_head(states[-1])}
-        return AudioFeatures(tuple(states), lengths, extras)
+        return SequenceFeatures(tuple(states), lengths, extras)
 
 
 @ENCODERS.register("whisper")
@@ -241,4 +215,4 @@ def conv_speech(
     return ConvSpeechEncoder(width, layers, heads, n_mels, ctc_vocab, dropout, preprocess)
 
 
-__all__ = ["SAMPLE_RATE", "AudioFeatures", "ConvSpeechEncoder", "FrameCount", "WhisperTower"]
+__all__ = ["SAMPLE_RATE", "ConvSpeechEncoder", "WhisperTower"]

@@ -1,4 +1,4 @@
-"""Speech adapters (projectors from `AudioFeatures` to backbone embeddings), PAPERS.md section 4.
+"""Speech adapters (projectors from `SequenceFeatures` to backbone embeddings), PAPERS.md section 4.
 
 * ``diffa_semantic`` (DIFFA): from the last encoder layer, Conv1d(k3) -> GELU -> Conv1d(k3, stride 4,
   channels x4), then Linear -> ReLU -> Linear -> ReLU -> LayerNorm: one token per 4 encoder frames.
@@ -8,7 +8,8 @@
 * ``diffa_dual``: both, semantic tokens then acoustic tokens (DIFFA stage 2).
 * ``window_qformer`` (Whisper-LLaDA): 4 learned queries per fixed window of frames (0.33 s: 17
   Whisper frames), so a 30 s window gives 88 x 4 = 352 tokens.
-* ``speech_linear``: a linear map of the last layer, one token per frame (from-scratch demos).
+* ``sequence_linear`` / ``sequence_mlp``: a linear map (or LLaVA's two-layer MLP) of the last layer,
+  one token per real position, for from-scratch speech towers and protein encoders.
 
 Every adapter can prepend learned prompt vectors (`prompt_vectors`, DIFFA stage 1 uses 20). They
 return (tokens (B, N, D), valid (B, N)) and say how many tokens a clip gives (from its real and
@@ -22,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from encoders.audio import AudioFeatures, FrameCount
+from encoders.base import SequenceFeatures, TokenCount
 from encoders.projectors import PROJECTORS
 
 
@@ -53,16 +54,16 @@ class SpeechAdapter(nn.Module):
         super().__init__()
         self.prompt = PromptVectors(prompt_vectors, out_dim)
 
-    def frames_to_tokens(self, frames: FrameCount) -> int:
+    def frames_to_tokens(self, frames: TokenCount) -> int:
         raise NotImplementedError
 
-    def output_tokens(self, frames: FrameCount) -> int:
+    def output_tokens(self, frames: TokenCount) -> int:
         return self.prompt.count + self.frames_to_tokens(frames)
 
-    def tokens(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(self, features: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def forward(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         return self.prompt(*self.tokens(features))
 
 
@@ -76,10 +77,10 @@ class SemanticAdapter(SpeechAdapter):
             nn.Linear(4 * in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim), nn.ReLU(), nn.LayerNorm(out_dim)
         )
 
-    def frames_to_tokens(self, frames: FrameCount) -> int:
+    def frames_to_tokens(self, frames: TokenCount) -> int:
         return math.ceil(frames.real / 4)
 
-    def tokens(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(self, features: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.conv(features.last.transpose(1, 2)).transpose(1, 2)  # (B, ceil(T/4), 4C)
         lengths = torch.div(features.lengths + 3, 4, rounding_mode="floor")
         return self.mlp(x), _valid(lengths, x.shape[1])
@@ -121,10 +122,10 @@ class AcousticAdapter(SpeechAdapter):
         self.norm = nn.LayerNorm(in_dim)
         self.proj = nn.Linear(in_dim, out_dim)
 
-    def frames_to_tokens(self, frames: FrameCount) -> int:
+    def frames_to_tokens(self, frames: TokenCount) -> int:
         return self.queries.shape[1]
 
-    def tokens(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(self, features: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         states = features.hidden_states
         if max(self.layers) >= len(states):
             raise ValueError(
@@ -150,10 +151,10 @@ class DualAdapter(SpeechAdapter):
         self.semantic = SemanticAdapter(in_dim, out_dim)
         self.acoustic = AcousticAdapter(in_dim, out_dim, **acoustic)
 
-    def frames_to_tokens(self, frames: FrameCount) -> int:
+    def frames_to_tokens(self, frames: TokenCount) -> int:
         return self.semantic.frames_to_tokens(frames) + self.acoustic.frames_to_tokens(frames)
 
-    def tokens(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(self, features: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         s, sv = self.semantic.tokens(features)
         a, av = self.acoustic.tokens(features)
         return torch.cat([s, a], 1), torch.cat([sv, av], 1)
@@ -176,10 +177,10 @@ class WindowQFormer(SpeechAdapter):
         self.qformer = QFormer(in_dim, qformer_layers, heads)
         self.proj = nn.Linear(in_dim, out_dim)
 
-    def frames_to_tokens(self, frames: FrameCount) -> int:
+    def frames_to_tokens(self, frames: TokenCount) -> int:
         return self.queries.shape[0] * (frames.total // self.window)  # every window of the padded input
 
-    def tokens(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(self, features: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         x = features.last
         b, t, c = x.shape
         n = t // self.window  # whole windows over the (padded) encoder output
@@ -189,15 +190,21 @@ class WindowQFormer(SpeechAdapter):
         return out, out.new_ones(out.shape[:2], dtype=torch.bool)
 
 
-class LinearSpeech(SpeechAdapter):
-    def __init__(self, in_dim: int, out_dim: int, prompt_vectors: int = 0):
-        super().__init__(out_dim, prompt_vectors)
-        self.proj = nn.Linear(in_dim, out_dim)
+class PerPosition(SpeechAdapter):
+    """One token per real position of the last layer: a linear map, or two layers with a GELU."""
 
-    def frames_to_tokens(self, frames: FrameCount) -> int:
+    def __init__(self, in_dim: int, out_dim: int, prompt_vectors: int = 0, mlp: bool = False):
+        super().__init__(out_dim, prompt_vectors)
+        self.proj = (
+            nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+            if mlp
+            else nn.Linear(in_dim, out_dim)
+        )
+
+    def frames_to_tokens(self, frames: TokenCount) -> int:
         return frames.real
 
-    def tokens(self, features: AudioFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(self, features: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         return self.proj(features.last), _valid(features.lengths, features.last.shape[1])
 
 
@@ -205,4 +212,7 @@ PROJECTORS.register("diffa_semantic", SemanticAdapter)
 PROJECTORS.register("diffa_acoustic", AcousticAdapter)
 PROJECTORS.register("diffa_dual", DualAdapter)
 PROJECTORS.register("window_qformer", WindowQFormer)
-PROJECTORS.register("speech_linear", LinearSpeech)
+PROJECTORS.register("sequence_linear", PerPosition)
+PROJECTORS.register(
+    "sequence_mlp", lambda in_dim, out_dim, prompt_vectors=0: PerPosition(in_dim, out_dim, prompt_vectors, mlp=True)
+)

@@ -13,7 +13,7 @@ utility; DESIGN.md lists only the first two, but a private copy of the registry 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -21,6 +21,32 @@ from torch import nn
 from multimodal.registry import new_registry
 
 ENCODERS = new_registry("encoder", "encoder")
+
+
+class TokenCount(NamedTuple):
+    """Output positions of one variable-length item (a clip, a protein): real ones and all (padding included)."""
+
+    real: int
+    total: int
+
+
+@dataclass
+class SequenceFeatures:
+    """What a tower over variable-length items returns (speech, proteins).
+
+    Attributes:
+        hidden_states: the input embedding output and every layer's output, each (B, T', C).
+        lengths: (B,) real positions in T'.
+        extras: auxiliary outputs (``ctc_logits`` (B, T', V) when a speech tower has a CTC head).
+    """
+
+    hidden_states: tuple[torch.Tensor, ...]
+    lengths: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def last(self) -> torch.Tensor:
+        return self.hidden_states[-1]
 
 
 @dataclass(frozen=True)

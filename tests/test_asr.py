@@ -129,7 +129,7 @@ def test_whisper_features_and_encoder_match_transformers(tmp_path):
         ("diffa_acoustic", {"layers": [1, 2, 3], "queries": 8}, lambda frames: 8),
         ("diffa_dual", {"layers": [1, 3], "queries": 4, "prompt_vectors": 2}, lambda frames: 2 + -(-frames // 4) + 4),
         ("window_qformer", {"window": 5, "queries": 2}, lambda frames: 2 * (100 // 5)),
-        ("speech_linear", {"prompt_vectors": 3}, lambda frames: 3 + frames),
+        ("sequence_linear", {"prompt_vectors": 3}, lambda frames: 3 + frames),
     ],
 )
 def test_speech_adapters_give_the_announced_token_counts(name, kwargs, expect):
@@ -162,7 +162,9 @@ def test_ctc_head_gives_an_auxiliary_loss():
 def test_cli_transcribes_one_file(tmp_path, capsys):
     from multimodal.cli import main
 
-    spoken = "{train_size: 24, validation_size: 4, test_size: 6, voices: [en-us, en-gb-x-rp], held_out_voices: [en-us+f2]}"
+    spoken = (
+        "{train_size: 24, validation_size: 4, test_size: 6, voices: [en-us, en-gb-x-rp], held_out_voices: [en-us+f2]}"
+    )
     sets = [
         f"train.output_dir={tmp_path}",
         f"task.data_dir={tmp_path / 'data'}",

@@ -66,7 +66,9 @@ def hf_to_esm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         if key in ("lm_head.decoder.weight", "esm.embeddings.position_ids") or key.startswith("esm.pooler."):
             continue
-        new = key
+        if "rotary_embeddings.inv_freq" in key:  # a fixed buffer (saved under a wildcard name by some versions)
+            continue
+        new = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))
         for pattern, repl in _HF_TO_ESM:
             new, n = re.subn(pattern, repl, new)
             if n:
@@ -108,7 +110,11 @@ def load_esm2(weights: str | Path) -> nn.Module:
         heads = next((h for name, (n, w, h) in ESM_PRESETS.items() if (n, w) == (layers, width)), max(1, width // 64))
         model = build_esm2(layers, width, heads)
     state.setdefault("lm_head.weight", state["embed_tokens.weight"])
-    load_into(model, {k: v for k, v in state.items() if k in model.state_dict()}, str(path))
+    own = model.state_dict()
+    for key in own:
+        if key.endswith("rot_emb.inv_freq"):  # computed from the shape, identical in every checkpoint
+            state.setdefault(key, own[key])
+    load_into(model, {k: v for k, v in state.items() if k in own}, str(path))
     return model
 
 

@@ -15,7 +15,12 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors / .bin / .pt / .pth file, or of the single weights file in a folder."""
     path = Path(path)
     if path.is_dir():
-        found = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) or sorted(path.glob("*.pt*"))
+        skip = ("training_args", "optimizer", "scheduler", "rng_state")  # trainer state, not weights
+        found = [
+            f
+            for f in sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) or sorted(path.glob("*.pt*"))
+            if not f.name.startswith(skip)
+        ]
         if not found:
             raise FileNotFoundError(f"no weights file (.safetensors, .bin, .pt) in {path}")
         state: dict[str, torch.Tensor] = {}

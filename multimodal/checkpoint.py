@@ -6,12 +6,14 @@ A checkpoint is a folder::
     config.yaml         the resolved experiment config (every default written out)
     tokenizer.json      the built-in tokenizer (or tokenizer/ for a Hugging Face one)
 
-Writes are atomic: the folder is assembled under a temporary name and renamed into place, so a
+Tied weights are stored once (the other names are aliases in the file's metadata). Writes are
+atomic: the folder is assembled under a temporary name and renamed into place, so a
 run killed at any moment leaves either the previous checkpoint or the new one, never half of one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import uuid
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -40,8 +43,8 @@ def save_checkpoint(
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        state, aliases = _dedupe(model.state_dict())
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "aliases": json.dumps(aliases)})
         (tmp / CONFIG).write_text(config_yaml)
         for name, writer in (writers or {}).items():
             writer(tmp / name)
@@ -59,12 +62,32 @@ def save_checkpoint(
     return folder
 
 
+def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tied weights (one tensor under two names, e.g. ESM's embedding and LM decoder) are stored once;
+    the other names become aliases recorded in the file's metadata."""
+    kept: dict[tuple, str] = {}
+    out, aliases = {}, {}
+    for name in sorted(state):
+        t = state[name]
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if key in kept and t.numel():
+            aliases[name] = kept[key]
+            continue
+        kept[key] = name
+        out[name] = t.detach().contiguous().cpu()
+    return out, aliases
+
+
 def load_weights(folder: str | Path, model: nn.Module, strict: bool = True) -> None:
     """Load model.safetensors from `folder` into `model`, naming missing / unexpected / mis-shaped keys."""
     file = Path(folder) / WEIGHTS
     if not file.is_file():
         raise FileNotFoundError(f"no {WEIGHTS} in {folder}")
     state = load_file(str(file))
+    with safe_open(str(file), framework="pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    for alias, name in aliases.items():
+        state[alias] = state[name]
     expected = model.state_dict()
     problems = []
     missing = sorted(set(expected) - set(state))

@@ -39,8 +39,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="answer prompts with a trained run")
     p.add_argument("--run", required=True, help="run folder or checkpoint folder")
-    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
+    p.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable)")
     p.add_argument("--image", default=None, help="an image file for the prompt (vision runs)")
+    p.add_argument("--length", type=int, default=None, help="protein runs: residues per generated sequence")
+    p.add_argument("--num", type=int, default=4, help="protein runs: sequences to generate")
+    p.add_argument("--out", default=None, help="protein runs: FASTA file to write (default: the run's samples/)")
     p.add_argument("--audio", default=None, help="an audio file for the prompt (speech runs)")
     p.add_argument(
         "--set",
@@ -145,6 +148,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "sample":
         run = runs.load_run(args.run, args.overrides)
+        if args.length is not None:
+            return _sample_proteins(run, args)
+        if not args.prompt:
+            raise ValueError("sample needs --prompt (or --length for protein runs)")
         layouts = [run.task.layout_for_prompt(p, image=args.image, audio=args.audio) for p in args.prompt]
         texts, out = evaluation.answer_layouts(run, layouts)
         for i, (prompt, text) in enumerate(zip(args.prompt, texts, strict=True)):
@@ -163,6 +170,26 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"  denoising order: {path}")
         return 0
     raise AssertionError(args.command)
+
+
+def _sample_proteins(run, args) -> int:
+    """Unconditional protein sequences from a DSM run, written as FASTA with the sampler settings."""
+    from pathlib import Path
+
+    from tasks.protein import sampler_fields
+    from tasks.protein_eval import generate_sequences, write_fasta
+
+    if args.length <= 0 or args.num <= 0:
+        raise ValueError("--length and --num must be positive")
+    fields = sampler_fields(run.config.sampler)
+    sequences = generate_sequences(run.model, run.tokenizer, [args.length] * args.num, fields, seed=run.config.seed)
+    out = Path(args.out) if args.out else run.folder / "samples" / f"generated_L{args.length}.fasta"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_fasta(out, sequences, " ".join(f"{k}={v}" for k, v in fields.items()))
+    for seq in sequences:
+        print(seq)
+    print(f"FASTA: {out}")
+    return 0
 
 
 def _print_metrics(metrics: dict) -> None:

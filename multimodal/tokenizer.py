@@ -25,13 +25,13 @@ class TokenizerConfig:
 
     Attributes:
         kind: ``char`` / ``word`` build the built-in tokenizer from the task's training texts;
-            ``hf`` reads a Hugging Face tokenizer from `path`.
+            ``hf`` reads a Hugging Face tokenizer from `path`; ``esm`` is ESM2's protein alphabet.
         path: local folder for ``hf``.
         mask_token, eos_token, eot_token: token strings to use for ``hf`` when the tokenizer does not
             declare them itself.
     """
 
-    kind: Literal["char", "word", "hf"] = "char"
+    kind: Literal["char", "word", "hf", "esm"] = "char"
     path: str | None = None
     mask_token: str = "<|mdm_mask|>"
     eos_token: str | None = None
@@ -181,6 +181,8 @@ def build_tokenizer(
 
     `specials` are extra special tokens (modality placeholders) the task needs.
     """
+    if config.kind == "esm":
+        return ESMTokenizer()
     if config.kind == "hf":
         if not config.path:
             raise ValueError("tokenizer.kind 'hf' needs tokenizer.path (a local folder)")
@@ -194,5 +196,64 @@ def load_tokenizer(path: str | Path) -> BuiltinTokenizer | HFTokenizer:
     """Load what `save` wrote: a built-in JSON file or a Hugging Face folder."""
     path = Path(path)
     if path.is_file():
+        if json.loads(path.read_text()).get("type") == "mmdiff-esm":
+            return ESMTokenizer()
         return BuiltinTokenizer.load(path)
     return HFTokenizer(path)
+
+
+class ESMTokenizer:
+    """ESM2's alphabet (fair-esm): residues are tokens; ``<cls>``, ``<eos>``, ``<pad>``, ``<mask>`` are specials.
+
+    `encode` maps residue letters (and special strings written in the text) to ids without adding
+    anything; protein tasks lay out ``<cls> sequence <eos>`` themselves.
+    """
+
+    SPECIAL_STRINGS = ("<cls>", "<eos>", "<pad>", "<mask>", "<unk>", "<null_1>")
+
+    def __init__(self) -> None:
+        import esm  # optional dependency (protein extra)
+
+        self.alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+        a = self.alphabet
+        self.mask_id, self.eos_id, self.pad_id, self.cls_id, self.unk_id = (
+            a.mask_idx,
+            a.eos_idx,
+            a.padding_idx,
+            a.cls_idx,
+            a.unk_idx,
+        )
+        self.eot_id: int | None = None
+        self.vocab = list(a.all_toks)
+        self.ids = {tok: i for i, tok in enumerate(self.vocab)}
+        self.special_ids = {self.ids[s] for s in self.SPECIAL_STRINGS if s in self.ids}
+        self._special_re = re.compile("(" + "|".join(re.escape(s) for s in self.SPECIAL_STRINGS) + ")")
+
+    def encode(self, text: str) -> list[int]:
+        out: list[int] = []
+        for piece in self._special_re.split(text):
+            if piece in self.ids and piece.startswith("<"):
+                out.append(self.ids[piece])
+            else:
+                out += [self.ids.get(c, self.unk_id) for c in piece.upper() if not c.isspace()]
+        return out
+
+    def token_id(self, token: str) -> int:
+        if token not in self.ids:
+            raise KeyError(f"token '{token}' is not in the ESM alphabet")
+        return self.ids[token]
+
+    def residue_ids(self) -> list[int]:
+        """Ids of the 20 standard amino acids."""
+        return [self.ids[c] for c in "ACDEFGHIKLMNPQRSTVWY"]
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        return "".join(
+            self.vocab[i] for i in ids if 0 <= i < len(self.vocab) and not (skip_special and i in self.special_ids)
+        )
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"type": "mmdiff-esm", "vocab": self.vocab}, indent=1))

@@ -35,6 +35,7 @@ class DiffusionConfig:
         weighting: ``schedule`` divides each masked CE by p (the schedule weight); ``none`` is plain CE.
         normalisation: ``sequence`` (pre-training), ``answer`` (SFT), ``tokens`` (DIFFA), ``masked``.
         chunk_size: rows per chunk of the output head in the loss.
+        mask_rate: the fixed rate of the ``constant`` schedule (masked-LM baseline).
         ctc_weight: weight of an auxiliary CTC loss on modality towers that have a CTC head (speech
             encoders trained from scratch; 0 disables it).
     """
@@ -48,10 +49,11 @@ class DiffusionConfig:
     weighting: Literal["schedule", "none"] = "schedule"
     normalisation: Literal["sequence", "answer", "tokens", "masked"] = "answer"
     chunk_size: int = 512
+    mask_rate: float = 0.15
     ctc_weight: float = 0.0
 
     def build_schedule(self) -> MaskSchedule:
-        return create_schedule(self.schedule, self.eps, self.clip_low, self.clip_high)
+        return create_schedule(self.schedule, self.eps, self.clip_low, self.clip_high, self.mask_rate)
 
 
 def diffusion_loss(

@@ -120,9 +120,34 @@ class Cosine(MaskSchedule):
         return (2.0 / math.pi) * math.acos(min(max(1.0 - p, 0.0), 1.0))
 
 
+@SCHEDULES.register("constant")
+class Constant(MaskSchedule):
+    """A fixed mask rate and weight 1: the masked-LM objective (BERT / ESM: 15%), the DSM baseline."""
+
+    name = "constant"
+
+    def __init__(self, rate: float = 0.15, **kwargs):
+        if not 0.0 < rate <= 1.0:
+            raise ValueError(f"mask rate must be in (0, 1], got {rate}")
+        self.rate = rate
+        self.eps = 0.0
+        self.t_lo, self.t_hi = 0.0, 1.0
+
+    def mask_prob(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(t, self.rate)
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(t)
+
+    def time_of(self, p: float) -> float:
+        return 0.5
+
+
 def create_schedule(
-    name: str, eps: float = 1e-3, clip_low: float | None = None, clip_high: float | None = None
+    name: str, eps: float = 1e-3, clip_low: float | None = None, clip_high: float | None = None, mask_rate: float = 0.15
 ) -> MaskSchedule:
+    if name == "constant":
+        return SCHEDULES.create(name, rate=mask_rate)
     return SCHEDULES.create(name, eps=eps, clip_low=clip_low, clip_high=clip_high)
 
 

@@ -159,6 +159,10 @@ class Sampler:
         """Iterations of the loop for one block (the configured steps; adaptive policies: the block size)."""
         return block_length if self.adaptive else steps_per_block
 
+    def steps_for(self, num_masked: torch.Tensor, block_length: int, steps_per_block: int) -> int:
+        """Iterations for a block given its (B,) masked counts; by default `block_steps`."""
+        return self.block_steps(block_length, steps_per_block)
+
     def quota(self, num_masked: torch.Tensor, steps: int) -> torch.Tensor:
         """(B, steps) planned commits per step for a block (the LLaDA even split)."""
         return even_quota(num_masked, steps)

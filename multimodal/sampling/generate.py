@@ -93,7 +93,7 @@ def _denoise(
         masked = x[:, s:e] == mask_id
         if not bool(masked.any()):
             continue
-        n_steps = sampler.block_steps(e - s, steps_per_block)
+        n_steps = sampler.steps_for(masked.sum(-1), e - s, steps_per_block)
         quota = sampler.quota(masked.sum(-1), n_steps)  # (B, n_steps)
         for i in range(n_steps):
             masked = x[:, s:e] == mask_id

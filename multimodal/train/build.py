@@ -54,6 +54,8 @@ def build_model(config: ExperimentConfig, placeholder_ids: dict[str, int]) -> nn
 
     torch.manual_seed(config.seed)  # weight initialisation only
     source = Path(config.init_from) if config.init_from else None
+    if config.dsm is not None:
+        return _build_dsm(config, source)
     if source is not None and (source / "config.json").is_file():
         backbone, _ = load_llada_checkpoint(source)
         want = config.backbone
@@ -76,6 +78,26 @@ def build_model(config: ExperimentConfig, placeholder_ids: dict[str, int]) -> nn
         load_weights(checkpoint_folder(source), model)
         log.info("initialised from %s", source)
     apply_trainable(model, config)
+    return model
+
+
+def _build_dsm(config: ExperimentConfig, source: Path | None) -> nn.Module:
+    """ESM2 with DSM's head as the diffusion model (protein tokens are the vocabulary)."""
+    from encoders.protein import ESM_PRESETS, build_esm2, load_esm2
+    from multimodal.backbone.esm import ESMDiffusion
+
+    dsm = config.dsm
+    if dsm.weights:
+        body = load_esm2(dsm.weights)
+    elif dsm.preset in ESM_PRESETS:
+        body = build_esm2(*ESM_PRESETS[dsm.preset])
+    else:
+        raise ValueError(f"unknown ESM2 preset '{dsm.preset}' (known: {', '.join(ESM_PRESETS)})")
+    model = ESMDiffusion(
+        body, dsm.preset if not dsm.weights else Path(dsm.weights).name, dsm.logit_cap, dsm.max_seq_len
+    )
+    if source is not None:
+        load_weights(checkpoint_folder(source), model)
     return model
 
 

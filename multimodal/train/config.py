@@ -109,6 +109,23 @@ class LoRAConfig:
 
 
 @dataclass
+class DSMModelConfig:
+    """ESM2 as the diffusion backbone (DSM mode) instead of the LLaDA backbone.
+
+    Attributes:
+        preset: ESM2 shape (esm2_tiny, esm2_small, esm2_t6_8m, ..., esm2_t33_650m) for random weights.
+        weights: a local fair-esm checkpoint file or Hugging Face ESM folder (overrides `preset`).
+        logit_cap: DSM's soft cap c in c * tanh(logits / c); 0 disables it.
+        max_seq_len: longest sequence accepted.
+    """
+
+    preset: str = "esm2_tiny"
+    weights: str | None = None
+    logit_cap: float = 30.0
+    max_seq_len: int = 1024
+
+
+@dataclass
 class ExperimentConfig:
     """Everything a run needs, resolved from YAML."""
 
@@ -123,6 +140,7 @@ class ExperimentConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig, metadata={"select": sampler_config_class})
     train: TrainConfig = field(default_factory=TrainConfig)
     modalities: dict[str, ModalityConfig] = field(default_factory=dict)
+    dsm: DSMModelConfig | None = None
     init_from: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -70,6 +70,19 @@ def evaluate(
 ) -> dict[str, Any]:
     """Decode the split with the run's sampler, score it, and (with `write`) save predictions and
     metrics under eval/."""
+    custom = getattr(run.task, "evaluate_model", None)
+    if custom is not None:  # tasks that decode by infilling (proteins) evaluate themselves
+        out_dir = run.folder / "eval"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run.model.to(pick_device(run.config.device)).eval()
+        start = time.perf_counter()
+        metrics = custom(
+            run.model, run.tokenizer, run.modalities, split, limit, out_dir, run.config.sampler, run.config.seed
+        )
+        metrics["seconds"] = round(time.perf_counter() - start, 2)
+        if write:
+            (out_dir / f"{split}_metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
     layouts = run.task.eval_layouts(split)[: limit or None]
     batch_size = batch_size or run.config.train.eval_batch_size
     generator = torch.Generator(device=pick_device(run.config.device)).manual_seed(run.config.seed)

@@ -60,7 +60,7 @@ def build_run(config: ExperimentConfig, tokenizer: BuiltinTokenizer | HFTokenize
     task = create_task(config.task)
     placeholders = [m.placeholder for m in config.modalities.values()]
     tokenizer = tokenizer or build_tokenizer(config.tokenizer, task.texts(), specials=placeholders)
-    if len(tokenizer) > config.backbone.vocab_size:
+    if config.dsm is None and len(tokenizer) > config.backbone.vocab_size:
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but backbone.vocab_size is "
             f"{config.backbone.vocab_size}; set backbone.vocab_size >= {len(tokenizer)}"
@@ -72,7 +72,7 @@ def build_run(config: ExperimentConfig, tokenizer: BuiltinTokenizer | HFTokenize
 
 
 def _tokenizer_writer(tokenizer: BuiltinTokenizer | HFTokenizer) -> dict[str, Any]:
-    if isinstance(tokenizer, BuiltinTokenizer):
+    if not isinstance(tokenizer, HFTokenizer):  # built-in and ESM tokenizers are one JSON file
         return {"tokenizer.json": tokenizer.save}
     return {"tokenizer": lambda p: (p.mkdir(), tokenizer.save(p))}
 

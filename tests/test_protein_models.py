@@ -1,0 +1,111 @@
+"""Protein models: ESM2 parity with fair-esm and transformers, a real pretrained masked LM, DSM sampling."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from encoders.protein import ESM_PRESETS, MaskedLMEncoder, build_esm2, load_esm2
+from multimodal.backbone.esm import ESMDiffusion
+from multimodal.sampling import SpecialIds, create_sampler, infill, sampler_config_class
+from multimodal.tokenizer import ESMTokenizer
+
+TRASTUZUMAB_VH = (
+    "EVQLVESGGGLVQPGGSLRLSCAASGFNIKDTYIHWVRQAPGKGLEWVARIYPTNGYTRYADSVKGRFTISADTSKNTAYLQMNSLRAEDTAV"
+    "YYCSRWGGDGFYAMDYWGQGTLVTVSS"
+)
+
+
+def tokens(tok, seqs):
+    rows = [[tok.cls_id] + tok.encode(s) + [tok.eos_id] for s in seqs]
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [tok.pad_id] * (width - len(r)) for r in rows])
+
+
+def test_dsm_backbone_equals_fair_esm_with_the_logit_cap():
+    torch.manual_seed(0)
+    tok = ESMTokenizer()
+    body = build_esm2(*ESM_PRESETS["esm2_tiny"]).eval()
+    assert body.token_dropout is False
+    model = ESMDiffusion(body, logit_cap=30.0)
+    ids = tokens(tok, ["MKTAYIAKQR", "MKV"])
+    ref = body(ids)["logits"]
+    out = model(ids)
+    torch.testing.assert_close(out.logits, 30.0 * torch.tanh(ref / 30.0))
+    mask = (ids != tok.pad_id).long()  # an explicit padding mask gives the same result
+    torch.testing.assert_close(model(ids, attention_mask=mask).logits, out.logits)
+
+
+def test_hugging_face_esm_folder_loads_into_fair_esm(tmp_path):
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = EsmConfig(
+        vocab_size=33,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        position_embedding_type="rotary",
+        token_dropout=False,
+        emb_layer_norm_before=False,
+        pad_token_id=1,
+        mask_token_id=32,
+        max_position_embeddings=128,
+        layer_norm_eps=1e-5,  # as the released ESM2 configs (fair-esm uses 1e-5)
+    )
+    hf = EsmForMaskedLM(cfg).eval()
+    hf.save_pretrained(str(tmp_path))
+    ours = ESMDiffusion(load_esm2(tmp_path).eval(), logit_cap=0.0)
+    ids = tokens(ESMTokenizer(), ["MKTAYIAKQRQISFVKSHFSRQ"])
+    torch.testing.assert_close(ours(ids).logits, hf(ids).logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(FileNotFoundError, match="ESM checkpoint not found"):
+        load_esm2(tmp_path / "missing.pt")
+
+
+def antiberty_folder():
+    import antiberty
+
+    path = os.path.join(os.path.dirname(antiberty.__file__), "trained_models", "AntiBERTy_md_smooth")
+    if not os.path.isdir(path):
+        pytest.skip("this antiberty release does not ship its weights (use antiberty==0.1.3)")
+    return path
+
+
+def test_real_pretrained_antibody_model_recovers_masked_residues():
+    folder = antiberty_folder()
+    encoder = MaskedLMEncoder(folder, vocab=os.path.join(os.path.dirname(folder), "vocab.txt"))
+    ids = torch.tensor([encoder.token_ids(TRASTUZUMAB_VH)])
+    positions = list(range(3, len(TRASTUZUMAB_VH), 7))  # every 7th residue: 17 masked positions
+    masked = ids.clone()
+    masked[0, [p + 1 for p in positions]] = encoder.vocab["[MASK]"]
+    with torch.no_grad():
+        logits = encoder.masked_lm(masked)
+    pred = logits[0, [p + 1 for p in positions]].argmax(-1)
+    accuracy = (pred == ids[0, [p + 1 for p in positions]]).float().mean().item()
+    assert accuracy >= 0.6, accuracy  # a random model would get about 1/20
+    assert encoder(ids).shape == (1, ids.shape[1], 512)
+
+
+def test_dsm_sampler_steps_inpainting_and_forbidden_tokens():
+    torch.manual_seed(0)
+    tok = ESMTokenizer()
+    model = ESMDiffusion(build_esm2(*ESM_PRESETS["esm2_tiny"]).eval())
+    ids = tokens(tok, ["MKTAYIAKQRQISFVKSHFS"])
+    masked = ids.clone()
+    masked[0, 3:15] = tok.mask_id  # 12 masks
+    forbid = [i for i in range(len(tok)) if i not in tok.residue_ids()]
+    cfg = sampler_config_class("dsm")(name="dsm", step_divisor=4, forbid_ids=forbid)
+    out = infill(
+        model,
+        masked,
+        create_sampler(cfg),
+        SpecialIds(tok.mask_id, tok.eos_id),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert out.nfe == 3  # max(1, 12 // 4)
+    keep = masked != tok.mask_id
+    assert torch.equal(out.sequences[keep], ids[keep])  # inpainting keeps every given residue
+    assert set(out.sequences[0, 3:15].tolist()) <= set(tok.residue_ids())  # specials never sampled

@@ -132,7 +132,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if config.train.eval_at_end:
             metrics = evaluation.evaluate(run, "test", config.train.eval_limit)
             _print_metrics(metrics)
-            print(f"predictions: {run.folder / 'eval' / 'test_predictions.jsonl'}")
+            predictions = run.folder / "eval" / "test_predictions.jsonl"
+            if predictions.is_file():
+                print(f"predictions: {predictions}")
         return 0
     if args.command == "eval":
         run = runs.load_run(args.run, args.overrides)

@@ -156,5 +156,6 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> R
     config = replace(config, init_from=None)
     run = build_run(config, tokenizer)
     load_weights(folder, run.model)
-    run.folder = folder.parent.parent if folder.parent.name == "checkpoints" else folder
+    # the run folder for its last checkpoint; an intermediate checkpoint keeps its evaluations to itself
+    run.folder = folder.parent.parent if folder.name == "last" and folder.parent.name == "checkpoints" else folder
     return run

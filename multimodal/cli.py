@@ -200,7 +200,8 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _list(family: str | None, pattern: str) -> int:
-    import multimodal.diffusion.schedule  # noqa: F401  (fill registries)
+    import encoders  # noqa: F401  (fill registries)
+    import multimodal.diffusion.schedule  # noqa: F401
     import multimodal.sampling  # noqa: F401
     import tasks  # noqa: F401
     from multimodal.backbone import BACKBONE_PRESETS

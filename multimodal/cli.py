@@ -95,6 +95,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of each record (callers may swap it, as tests do)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(verbose: bool, quiet_lightning: bool = False) -> None:
     """Our loggers at INFO on stderr; Lightning's banner lines only when verbose."""
     if quiet_lightning and not verbose:
@@ -103,7 +115,7 @@ def _setup_logging(verbose: bool, quiet_lightning: bool = False) -> None:
         import lightning  # noqa: F401  (it sets its own log levels on import; ours must come after)
 
         warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     for name in ("multimodal", "encoders", "tasks"):
         logger = logging.getLogger(name)

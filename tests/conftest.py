@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
 import pytest
@@ -69,3 +70,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def protein_folder(tmp_path):
+    """A tiny protein data folder: random sequences per split, neighbour pairs, and one bad FASTA."""
+    rng = random.Random(0)
+    seqs = {
+        s: ["".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(rng.randint(25, 40))) for _ in range(n)]
+        for s, n in (("train", 12), ("validation", 3), ("test", 4))
+    }
+    for split, items in seqs.items():
+        (tmp_path / f"{split}.fasta").write_text("".join(f">{split}{i}\n{s}\n" for i, s in enumerate(items)))
+        rows = ["seq_a\tseq_b\tlabel\tid_a\tid_b"] + [
+            f"{a}\t{b}\t1\t{split}{i}\t{split}{i + 1}" for i, (a, b) in enumerate(zip(items, items[1:], strict=False))
+        ]
+        (tmp_path / f"{split}_pairs.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "bad.fasta").write_text(">ok\nMKV\n>bad\nMK1V\n")
+    return tmp_path

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from multimodal.tokenizer import BuiltinTokenizer, ESMTokenizer
 from tasks.protein import BinderTask, ProteinConfig, ProteinTask
 
-AA = "ACDEFGHIKLMNPQRSTVWY"
 
-
-@pytest.fixture
-def folder(tmp_path):
-    rng = random.Random(0)
-    seqs = {
-        s: ["".join(rng.choice(AA) for _ in range(rng.randint(25, 40))) for _ in range(n)]
-        for s, n in (("train", 12), ("validation", 3), ("test", 4))
-    }
-    for split, items in seqs.items():
-        (tmp_path / f"{split}.fasta").write_text("".join(f">{split}{i}\n{s}\n" for i, s in enumerate(items)))
-        rows = ["seq_a\tseq_b\tlabel\tid_a\tid_b"] + [
-            f"{a}\t{b}\t1\t{split}{i}\t{split}{i + 1}" for i, (a, b) in enumerate(zip(items, items[1:], strict=False))
-        ]
-        (tmp_path / f"{split}_pairs.tsv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "bad.fasta").write_text(">ok\nMKV\n>bad\nMK1V\n")
-    return tmp_path
-
-
-def test_special_tokens_are_never_maskable(folder):
-    task = ProteinTask(ProteinConfig(data=str(folder)))
+def test_special_tokens_are_never_maskable(protein_folder):
+    task = ProteinTask(ProteinConfig(data=str(protein_folder)))
     tok = ESMTokenizer()
     layouts = [task.layout(x) for x in task.examples("train")[:3]]
     batch = task.collate(layouts, tok)
@@ -41,8 +20,8 @@ def test_special_tokens_are_never_maskable(folder):
     assert batch.attention_mask is not None and not bool(batch.attention_mask[ids == tok.pad_id].any())
 
 
-def test_binder_only_masking_in_both_modes(folder):
-    task = BinderTask(ProteinConfig(name="binder", data=str(folder)))
+def test_binder_only_masking_in_both_modes(protein_folder):
+    task = BinderTask(ProteinConfig(name="binder", data=str(protein_folder)))
     lays = [task.layout(x) for x in task.examples("train")[:2]]
     tok = ESMTokenizer()
     batch = task.collate(lays, tok)  # DSM: <cls> target <eos> binder <eos>
@@ -66,23 +45,30 @@ def test_binder_only_masking_in_both_modes(folder):
     assert shared.modality_inputs["protein"].shape[:2] == (2, 1)
 
 
-def test_bad_residues_are_named_or_mapped(folder):
+def test_bad_residues_are_named_or_mapped(protein_folder):
     task = ProteinTask(
-        ProteinConfig(data=str(folder), files={"train": str(folder / "bad.fasta")}, invalid="error", min_length=1)
+        ProteinConfig(
+            data=str(protein_folder), files={"train": str(protein_folder / "bad.fasta")}, invalid="error", min_length=1
+        )
     )
     with pytest.raises(ValueError, match="bad.*position 3"):
         task.examples("train")
     mapped = ProteinTask(
-        ProteinConfig(data=str(folder), files={"train": str(folder / "bad.fasta")}, invalid="map_to_x", min_length=1)
+        ProteinConfig(
+            data=str(protein_folder),
+            files={"train": str(protein_folder / "bad.fasta")},
+            invalid="map_to_x",
+            min_length=1,
+        )
     )
     assert [x.sequence for x in mapped.examples("train")] == ["MKV", "MKXV"]
 
 
-def test_cli_trains_dsm_and_generates_fasta(folder, tmp_path, capsys):
+def test_cli_trains_dsm_and_generates_fasta(protein_folder, tmp_path, capsys):
     from multimodal.cli import main
 
     sets = [
-        f"task.data={folder}",
+        f"task.data={protein_folder}",
         f"train.output_dir={tmp_path / 'runs'}",
         "train.max_steps=2",
         "train.batch_size=4",
@@ -99,4 +85,4 @@ def test_cli_trains_dsm_and_generates_fasta(folder, tmp_path, capsys):
     assert (run / "eval" / "test_generated.fasta").read_text().startswith(">sample_0 temperature=1.0")
     assert main(["sample", "--run", str(run), "--length", "12", "--num", "2"]) == 0
     lines = capsys.readouterr().out.split()
-    assert len(lines[0]) == 12 and set(lines[0]) <= set(AA + "XBZUO")
+    assert len(lines[0]) == 12 and set(lines[0]) <= set("ACDEFGHIKLMNPQRSTVWYXBZUO")

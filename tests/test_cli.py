@@ -26,17 +26,17 @@ def small(tmp_path):
 
 
 def test_train_eval_sample(tmp_path, capsys):
-    assert main(["train", "-c", "digits_reverse", *small(tmp_path)]) == 0
+    assert main(["train", "-c", "digits_reverse", *small(tmp_path), "--set", "train.max_steps=3"]) == 0
     run = tmp_path / "digits_reverse"
     out = capsys.readouterr().out
     assert '"exact_match"' in out
     assert (run / "checkpoints" / "last" / "model.safetensors").is_file()
-    assert (run / "checkpoints" / "step_0000002" / "tokenizer.json").is_file()
+    assert (run / "checkpoints" / "step_0000003" / "tokenizer.json").is_file()
     saved = yaml.safe_load((run / "checkpoints" / "last" / "config.yaml").read_text())
-    assert saved["train"]["max_steps"] == 2 and saved["backbone"]["d_model"] == 128  # resolved, defaults included
+    assert saved["train"]["max_steps"] == 3 and saved["backbone"]["d_model"] == 128  # resolved, defaults included
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == [1, 2] and all("loss" in x and "tok_s" in x for x in lines)
-    assert "val/exact_match" in lines[1] and "val/exact_match" not in lines[0]  # the learning curve
+    assert [x["step"] for x in lines] == [1, 2, 3] and all("loss" in x and "tok_s" in x for x in lines)
+    assert ["val/exact_match" in x for x in lines] == [False, True, False]  # the learning curve, each point once
     preds = [json.loads(x) for x in (run / "eval" / "test_predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 8 and {"prompt", "prediction", "reference"} <= set(preds[0])
 

@@ -26,7 +26,11 @@ class Throughput(L.Callback):
 
 
 class MetricsJsonl(L.Callback):
-    """Appends the logged metrics to `path` as one JSON object per line every `every` steps."""
+    """Appends the logged metrics to `path` as one JSON object per line every `every` steps.
+
+    Validation numbers (val/*) appear only on the line of the step that computed them, so the
+    learning curve reads straight from the file; PeriodicValidation must come before this callback.
+    """
 
     def __init__(self, path: Path, every: int) -> None:
         self.path, self.every = Path(path), max(1, every)
@@ -41,7 +45,10 @@ class MetricsJsonl(L.Callback):
         if step % self.every and step != trainer.max_steps:
             return
         row = {"step": step, "time_s": round(time.perf_counter() - self._t0, 3)}
+        fresh_validation = float(trainer.callback_metrics.get("val/step", -1)) == step
         for key, value in trainer.callback_metrics.items():
+            if key.startswith("val/") and not fresh_validation:
+                continue  # Lightning keeps the last logged value; a validation belongs to its own step only
             row[key] = float(value) if isinstance(value, torch.Tensor) else value
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         with self.path.open("a") as f:
@@ -64,6 +71,7 @@ class PeriodicValidation(L.Callback):
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not key.startswith("n/"):
                 pl_module.log(f"val/{key}", float(value), batch_size=1)
+        pl_module.log("val/step", float(step), batch_size=1)  # MetricsJsonl (after us) writes val/* on this step only
 
 
 class SafetensorsCheckpoint(L.Callback):

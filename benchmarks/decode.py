@@ -147,7 +147,7 @@ def run_table(args) -> None:
                     **knobs,
                     **fields,
                 )
-                m = evaluate(run, "test", args.limit, batch_size=args.limit)
+                m = evaluate(run, "test", args.limit, batch_size=args.limit, write=False)  # the run keeps its own eval
                 metric_name = next(k for k in m if isinstance(m[k], float) and k not in ("decode_seconds",))
                 cells = f"{m['nfe']:>9} | {m['canvas_tokens_per_second']:>9.1f} | {metric_name} {m[metric_name]:.3f}"
                 print(f"| {policy:<14} | {cache:<7} | {block:>5} | {cells} |")

@@ -25,6 +25,7 @@ from torch import nn
 
 from encoders.audio_io import SAMPLE_RATE, WINDOW_SECONDS, load_audio, log_mel
 from encoders.base import ENCODERS, EncoderSpec, ModalityEncoder, SequenceFeatures, TokenCount
+from encoders.spec_augment import SpecAugment
 from encoders.weights import load_into, load_state_dict
 
 
@@ -123,9 +124,11 @@ class ConvSpeechEncoder(SpeechTower):
         n_mels: int = 80,
         ctc_vocab: int = 0,
         dropout: float = 0.0,
+        spec_augment: dict[str, Any] | None = None,
         preprocess: dict[str, Any] | None = None,
     ):
         super().__init__(EncoderSpec(None, {"n_mels": n_mels, "pad_seconds": None, **(preprocess or {})}), width)
+        self.spec_augment = SpecAugment(**spec_augment) if spec_augment is not None else None
         self.subsample = nn.Sequential(
             nn.Conv1d(n_mels, width, 3, stride=2, padding=1),
             nn.GELU(),
@@ -156,6 +159,8 @@ class ConvSpeechEncoder(SpeechTower):
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> SequenceFeatures:
         features, frames = split_validity(inputs)
+        if self.training and self.spec_augment is not None:
+            features = self.spec_augment(features, frames)
         x = self.subsample(features).transpose(1, 2)  # (B, T/4, C)
         lengths = torch.div(torch.div(frames + 1, 2, rounding_mode="floor") + 1, 2, rounding_mode="floor")
         pad = torch.arange(x.shape[1], device=x.device)[None] >= lengths[:, None]  # True = padding
@@ -209,10 +214,12 @@ def conv_speech(
     n_mels: int = 80,
     ctc_vocab: int = 0,
     dropout: float = 0.0,
+    spec_augment: dict[str, Any] | None = None,
     preprocess: dict[str, Any] | None = None,
 ) -> ConvSpeechEncoder:
-    """The from-scratch speech encoder (optionally with a CTC head over `ctc_vocab` classes)."""
-    return ConvSpeechEncoder(width, layers, heads, n_mels, ctc_vocab, dropout, preprocess)
+    """The from-scratch speech encoder (optionally with a CTC head over `ctc_vocab` classes and
+    SpecAugment masking in training: `spec_augment` holds SpecAugment fields, {} for the defaults)."""
+    return ConvSpeechEncoder(width, layers, heads, n_mels, ctc_vocab, dropout, spec_augment, preprocess)
 
 
 __all__ = ["SAMPLE_RATE", "ConvSpeechEncoder", "WhisperTower"]

@@ -191,3 +191,29 @@ def test_cli_transcribes_one_file(tmp_path, capsys):
     clip.write_bytes(flac(1.0))
     assert main(["sample", "--run", str(tmp_path / "spoken_asr"), "--audio", str(clip), "--prompt", "x"]) == 0
     assert "x -> " in capsys.readouterr().out
+
+
+def test_spec_augment_masks_inside_real_frames_in_training_only():
+    from encoders.audio import conv_speech
+    from encoders.spec_augment import SpecAugment
+
+    aug = SpecAugment(freq_masks=2, freq_width=10, time_masks=2, time_width=8)
+    features = torch.randn(3, 80, 100) + 5.0  # no real value is 0
+    frames = torch.tensor([100, 60, 30])
+    out = aug(features, frames, generator=torch.Generator().manual_seed(0))
+    masked = out.eq(0)
+    assert masked.any() and torch.equal(out[~masked], features[~masked])
+    for i, n in enumerate(frames.tolist()):
+        rows = masked[i].all(1).sum().item()  # whole mel bands
+        cols = masked[i].all(0).sum().item()  # whole time stretches
+        assert rows <= 20 and cols <= min(16, 2 * int(0.2 * n))
+        assert not masked[i, :, n:].all(0).any() or rows == 80  # padding is never time-masked
+    enc = conv_speech(width=32, layers=1, heads=2, n_mels=80, spec_augment={})
+    x = torch.cat([torch.randn(1, 80, 64), torch.ones(1, 1, 64)], 1)
+    enc.eval()
+    assert torch.equal(enc(x).hidden_states[-1], enc(x).hidden_states[-1])  # no masking at evaluation
+    enc.train()
+    torch.manual_seed(0)
+    a = enc(x).hidden_states[0]
+    torch.manual_seed(1)
+    assert not torch.equal(a, enc(x).hidden_states[0])

@@ -7,7 +7,9 @@ Two modes:
   generated tokens identical to the uncached run of the same policy (1.000 = identical; the exact
   block cache under block-causal attention must be identical).
 * ``--run RUN_DIR`` (a trained run): also the task metric on its test split (`--limit` examples),
-  so the fastest setting that keeps the metric can be read off.
+  so the fastest setting that keeps the metric can be read off. NFE/batch is the forward passes the
+  whole batch ran (its slowest row decides); steps/sample is the mean number of steps each sample
+  needed (its last commit), the figure a one-sample-at-a-time decoder would see.
 
     python benchmarks/decode.py --preset llada_tiny --gen 256 --block 32 --prompt 128
     python benchmarks/decode.py --run runs/digits_reverse --limit 256
@@ -123,8 +125,11 @@ def run_table(args) -> None:
         f"run {args.run}: task {run.config.task.name}, test split, {args.limit} examples, "
         f"gen {base.gen_length}, device {run.config.device}"
     )
-    print(f"| {'policy':<14} | {'cache':<7} | {'block':>5} | {'NFE/batch':>9} | {'tok/s':>9} | metric |")
-    print(f"|{'-' * 16}|{'-' * 9}|{'-' * 7}|{'-' * 11}|{'-' * 11}|--------|")
+    print(
+        f"| {'policy':<14} | {'cache':<7} | {'block':>5} | {'NFE/batch':>9} | {'steps/sample':>12} | {'tok/s':>9} "
+        "| metric |"
+    )
+    print(f"|{'-' * 16}|{'-' * 9}|{'-' * 7}|{'-' * 11}|{'-' * 14}|{'-' * 11}|--------|")
     for policy in args.policies.split(","):
         for block in (int(b) for b in args.blocks.split(",")):
             if base.gen_length % block:
@@ -149,7 +154,10 @@ def run_table(args) -> None:
                 )
                 m = evaluate(run, "test", args.limit, batch_size=args.limit, write=False)  # the run keeps its own eval
                 metric_name = next(k for k in m if isinstance(m[k], float) and k not in ("decode_seconds",))
-                cells = f"{m['nfe']:>9} | {m['canvas_tokens_per_second']:>9.1f} | {metric_name} {m[metric_name]:.3f}"
+                cells = (
+                    f"{m['nfe']:>9} | {m['steps_per_sample']:>12.2f} | {m['canvas_tokens_per_second']:>9.1f} "
+                    f"| {metric_name} {m[metric_name]:.3f}"
+                )
                 print(f"| {policy:<14} | {cache:<7} | {block:>5} | {cells} |")
     run.config.sampler = base
 

@@ -87,12 +87,14 @@ def evaluate(
     batch_size = batch_size or run.config.train.eval_batch_size
     generator = torch.Generator(device=pick_device(run.config.device)).manual_seed(run.config.seed)
     predictions: list[str] = []
-    nfe, gen_tokens, start = 0, 0, time.perf_counter()
+    nfe, gen_tokens, sample_steps, start = 0, 0, 0, time.perf_counter()
     for i in tqdm(range(0, len(layouts), batch_size), desc=f"decoding {split}", unit="batch", leave=False):
         texts, out = answer_layouts(run, layouts[i : i + batch_size], generator=generator)
         predictions += texts
         nfe += out.nfe
         gen_tokens += out.generated.numel()
+        # the steps each sample needed (its last commit): a batch runs as long as its slowest row
+        sample_steps += int((out.commit_step.max(1).values + 1).clamp(min=0).sum())
     elapsed = time.perf_counter() - start
     metrics: dict[str, Any] = dict(run.task.metrics(predictions, layouts))
     if metrics.get("audio_seconds"):
@@ -102,6 +104,7 @@ def evaluate(
             "split": split,
             "examples": len(layouts),
             "nfe": nfe,
+            "steps_per_sample": round(sample_steps / max(len(layouts), 1), 2),
             "decode_seconds": round(elapsed, 3),
             "canvas_tokens_per_second": round(gen_tokens / max(elapsed, 1e-9), 1),
             "sampler": dict(vars(run.config.sampler)),

@@ -93,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mmdiff {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from multimodal.train.module import NonFiniteLoss  # only here: importing it loads Lightning
+
+        if not isinstance(err, NonFiniteLoss):
+            raise
+        print(f"mmdiff {args.command}: stopped: {err}", file=sys.stderr)
+        return 1
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -140,6 +147,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         config = load_experiment(args.config, args.overrides)
         run = runs.train(config)
+        if run.rank != 0:  # a multi-process run (torchrun, SLURM): rank 0 reports and evaluates
+            return 0
         print(f"run folder: {run.folder}")
         if config.train.eval_at_end:
             metrics = evaluation.evaluate(run, "test", config.train.eval_limit)

@@ -1,4 +1,7 @@
-"""Lightning callbacks: throughput on the progress bar, metrics as JSON lines, safetensors checkpoints."""
+"""Lightning callbacks: throughput on the progress bar, metrics as JSON lines, safetensors checkpoints.
+
+In a multi-process run only global rank 0 writes files and validates; the others keep in step.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
+
+from multimodal.train.module import NonFiniteLoss
 
 
 class Throughput(L.Callback):
@@ -37,12 +43,13 @@ class MetricsJsonl(L.Callback):
         self._t0 = time.perf_counter()
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step % self.every and step != trainer.max_steps:
+        if (step % self.every and step != trainer.max_steps) or not trainer.is_global_zero:
             return
         row = {"step": step, "time_s": round(time.perf_counter() - self._t0, 3)}
         fresh_validation = float(trainer.callback_metrics.get("val/step", -1)) == step
@@ -75,16 +82,33 @@ class PeriodicValidation(L.Callback):
 
 
 class SafetensorsCheckpoint(L.Callback):
-    """Calls `save(step)` every `every` steps (if > 0) and at the end of training."""
+    """Calls `save(step, state)` on rank 0 every `every` steps (if > 0) and at the end of training.
 
-    def __init__(self, save: Callable[[int], None], every: int) -> None:
+    `state` is None (save the model as it is) except under FSDP, where every rank first takes part in
+    gathering the full weights (the LightningModule's state dict, on rank 0). The end-of-training save
+    does not happen when training raised (Lightning skips on_train_end), so a run stopped by
+    NonFiniteLoss keeps its last good checkpoint, whose path the exception names.
+    """
+
+    def __init__(self, save: Callable[[int, dict | None], Path], every: int) -> None:
         self.save, self.every = save, every
+        self.last: Path | None = None
+
+    def _save(self, trainer: L.Trainer, step: int) -> None:
+        state = None
+        if isinstance(trainer.strategy, FSDPStrategy):
+            state = trainer.strategy.lightning_module_state_dict()  # collective: every rank must call it
+        if trainer.is_global_zero:
+            self.last = self.save(step, state)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.every > 0 and step % self.every == 0 and step < trainer.max_steps and trainer.is_global_zero:
-            self.save(step)
+        if self.every > 0 and step % self.every == 0 and step < trainer.max_steps:
+            self._save(trainer, step)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            self.save(trainer.global_step)
+        self._save(trainer, trainer.global_step)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, NonFiniteLoss):
+            exception.checkpoint = self.last

@@ -29,7 +29,7 @@ class TrainConfig:
 
     Attributes:
         max_steps: optimiser steps.
-        batch_size: sequences per step.
+        batch_size: sequences per step and process (the global batch is batch_size x devices x num_nodes).
         lr: peak learning rate (AdamW).
         min_lr_ratio: final learning rate as a fraction of the peak (cosine decay).
         warmup_steps: linear warm-up steps.
@@ -38,6 +38,17 @@ class TrainConfig:
         grad_clip: gradient-norm clip (0 disables).
         precision: ``auto`` (bf16 mixed on a bf16-capable GPU, else fp32), or a Lightning precision.
         accelerator: Lightning accelerator (auto, cpu, gpu).
+        strategy: ``auto`` (one process), ``ddp`` (one process per device, started by torchrun, SLURM or
+            Lightning), ``ddp_spawn`` (Lightning spawns the processes; slower start, works anywhere) or
+            ``fsdp`` (fully sharded weights, gradients and optimiser state, one unit per transformer block;
+            CUDA only).
+        devices: devices (processes) per node.
+        num_nodes: nodes (machines) in the run.
+        activation_checkpointing: recompute each transformer block's activations in the backward pass
+            (fsdp only): less memory for about one more forward.
+        on_nonfinite: what a NaN or infinite loss does: ``stop`` raises NonFiniteLoss naming the step and
+            the last checkpoint; ``skip`` drops the batch (no update; it still counts as a step), logs a
+            warning and counts it as ``nonfinite_skipped``.
         threads: CPU threads for torch (None: leave torch's default).
         log_every: steps between metric lines.
         checkpoint_every: steps between checkpoints (0: only the final one).
@@ -64,6 +75,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: str = "auto"
     accelerator: str = "auto"
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    activation_checkpointing: bool = False
+    on_nonfinite: Literal["stop", "skip"] = "stop"
     threads: int | None = None
     log_every: int = 20
     checkpoint_every: int = 0

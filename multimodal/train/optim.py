@@ -8,6 +8,21 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+_WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def original_name(name: str) -> str:
+    """A parameter's name with the segments FSDP and activation-checkpoint wrappers insert removed."""
+    for segment in _WRAPPERS:
+        name = name.replace(segment, "")
+    return name
+
+
+def matrix_names(model: nn.Module) -> set[str]:
+    """Names of the parameters with 2+ dimensions. Take it before FSDP shards the model: its shards
+    are flat vectors, so their own shapes no longer say which parameters are matrices."""
+    return {name for name, param in model.named_parameters() if param.dim() >= 2}
+
 
 def param_groups(
     model: nn.Module,
@@ -15,15 +30,19 @@ def param_groups(
     lr: float,
     part_lr: dict[str, float] | None = None,
     part_of: Callable[[str], str] | None = None,
+    matrices: set[str] | None = None,
 ) -> list[dict]:
     """Trainable parameters grouped by part (each with its own learning rate) and by decay: matrices
-    are decayed, vectors such as norm scales never are."""
+    are decayed, vectors such as norm scales never are. `matrices` (from `matrix_names` on the
+    unwrapped model) decides what a matrix is; without it, each parameter's own shape does."""
     part_lr = part_lr or {}
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
+            name = original_name(name)
             part = part_of(name) if part_of else "all"
-            groups.setdefault((part, param.dim() >= 2), []).append(param)
+            decay = name in matrices if matrices is not None else param.dim() >= 2
+            groups.setdefault((part, decay), []).append(param)
     return [
         {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": part_lr.get(part, lr), "part": part}
         for (part, decay), params in sorted(groups.items())
@@ -48,8 +67,9 @@ def build_optimizer(
     min_lr_ratio: float,
     part_lr: dict[str, float] | None = None,
     part_of: Callable[[str], str] | None = None,
+    matrices: set[str] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    groups = param_groups(model, weight_decay, lr, part_lr, part_of)
+    groups = param_groups(model, weight_decay, lr, part_lr, part_of, matrices)
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen (check train.trainable)")
     fused = all(p.is_cuda for g in groups for p in g["params"])

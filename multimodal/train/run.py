@@ -1,13 +1,32 @@
-"""Runs: build everything an experiment config names, train it, and load it back.
+r"""Runs: build everything an experiment config names, train it, and load it back.
 
 A run folder (train.output_dir / name) holds ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/step_XXXXXXX/`` and ``checkpoints/last/`` (safetensors + config + tokenizer, see
 multimodal.checkpoint) and ``eval/<split>_{predictions.jsonl,metrics.json}`` (evaluate.py).
+
+Multi-process and multi-node
+----------------------------
+``train.strategy=ddp`` runs one process per device; each process reads its own share of every batch
+(Lightning's DistributedSampler, shuffled alike on every rank from ``seed``), so ``train.batch_size`` is
+per process. Only global rank 0 writes checkpoints and metrics.jsonl, validates and evaluates. Launch
+with torchrun (one command per node)::
+
+    torchrun --nproc_per_node N -m multimodal.cli train -c <experiment> \
+        --set train.strategy=ddp --set train.devices=N --set train.num_nodes=M
+
+(multi-node: add ``--nnodes M --node_rank R --master_addr HOST --master_port PORT``), or under SLURM
+with one task per device, ``srun python -m multimodal.cli train ...`` with the same settings in an
+allocation of ``--nodes M --ntasks-per-node N`` (Lightning reads SLURM_NTASKS, SLURM_PROCID, ...).
+``train.strategy=ddp_spawn`` needs no launcher: Lightning starts the N processes itself (no
+multi-node) and hands the trained weights back to the calling process. ``train.strategy=fsdp`` shards
+the model per transformer block and needs CUDA; evaluation after training reads the written checkpoint.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,12 +34,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from multimodal.backbone.layers import LLaDABlock
 from multimodal.checkpoint import CONFIG, load_weights, save_checkpoint
-from multimodal.config import dump
+from multimodal.config import ConfigError, dump
 from multimodal.sampling import SpecialIds
 from multimodal.tokenizer import BuiltinTokenizer, HFTokenizer, build_tokenizer, load_tokenizer
 from multimodal.train.build import build_model, checkpoint_folder, modality_io
-from multimodal.train.config import ExperimentConfig, experiment_from_text
+from multimodal.train.config import ExperimentConfig, TrainConfig, experiment_from_text
 from multimodal.types import ModalityIO
 from tasks import Task, create_task
 
@@ -29,13 +49,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Run:
-    """A built or loaded experiment: config, task, tokenizer, model and its folder."""
+    """A built or loaded experiment: config, task, tokenizer, model and its folder (and, after a
+    multi-process `train`, this process's global rank: only rank 0 should evaluate)."""
 
     config: ExperimentConfig
     task: Task
     tokenizer: BuiltinTokenizer | HFTokenizer
     model: nn.Module
     folder: Path
+    rank: int = 0
 
     @property
     def special(self) -> SpecialIds:
@@ -77,16 +99,61 @@ def _tokenizer_writer(tokenizer: BuiltinTokenizer | HFTokenizer) -> dict[str, An
     return {"tokenizer": lambda p: (p.mkdir(), tokenizer.save(p))}
 
 
-def save_run_checkpoint(run: Run, step: int) -> Path:
+class _GatheredWeights:
+    """Stands in for the model in save_checkpoint when the weights were gathered from FSDP shards."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = {k.removeprefix("model."): v for k, v in state.items()}  # DiffusionModule.model.<name>
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.state
+
+
+def save_run_checkpoint(run: Run, step: int, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write checkpoints/step_XXXXXXX and checkpoints/last; returns the step folder.
+
+    `state` is the LightningModule's gathered state dict under FSDP (None: save `run.model` as it is).
+    """
     text = dump(run.config)
     writers = _tokenizer_writer(run.tokenizer)
     folder = run.folder / "checkpoints"
-    save_checkpoint(folder / f"step_{step:07d}", run.model, text, writers)
-    return save_checkpoint(folder / "last", run.model, text, writers)
+    model = run.model if state is None else _GatheredWeights(state)
+    saved = save_checkpoint(folder / f"step_{step:07d}", model, text, writers)
+    save_checkpoint(folder / "last", model, text, writers)
+    return saved
 
 
-def train(config: ExperimentConfig) -> Run:
-    """Train the experiment; returns the run (model trained, checkpoint written)."""
+def _strategy(cfg: TrainConfig) -> Any:
+    """The Lightning strategy train.strategy names, after checking what it needs.
+
+    FSDP: full sharding with one unit per LLaDABlock (other models are a single unit) and, with
+    train.activation_checkpointing, those blocks recomputed in the backward pass. It needs CUDA.
+    """
+    if cfg.strategy != "fsdp":
+        if cfg.activation_checkpointing:
+            raise ConfigError("train.activation_checkpointing needs train.strategy=fsdp")
+        return cfg.strategy
+    if cfg.accelerator == "cpu" or not torch.cuda.is_available():
+        raise ConfigError("train.strategy=fsdp needs CUDA devices; on the CPU use train.strategy=ddp or ddp_spawn")
+    if cfg.eval_every:
+        raise ConfigError("train.eval_every needs the whole model on rank 0; set it to 0 with train.strategy=fsdp")
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    blocks = {LLaDABlock}
+    return FSDPStrategy(
+        sharding_strategy="FULL_SHARD",
+        auto_wrap_policy=blocks,
+        activation_checkpointing_policy=blocks if cfg.activation_checkpointing else None,
+    )
+
+
+def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
+    """Train the experiment; returns the run (model trained, checkpoint written).
+
+    `callbacks` are extra Lightning callbacks. Under ddp_spawn everything handed to the trainer is
+    pickled into the worker processes, hence partials of module-level functions below, never lambdas.
+    In a multi-process run every process returns; `Run.rank` says which one it is.
+    """
     import lightning as L
 
     from multimodal.train.callbacks import MetricsJsonl, PeriodicValidation, SafetensorsCheckpoint, Throughput
@@ -94,22 +161,13 @@ def train(config: ExperimentConfig) -> Run:
     from multimodal.train.module import DiffusionModule
 
     cfg = config.train
+    strategy = _strategy(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # Lightning's DistributedSampler shuffles with the seed set here (PL_GLOBAL_SEED): every rank draws the
+    # same permutation and reads its own slice of it
+    L.seed_everything(config.seed, workers=True, verbose=False)
     run = build_run(config)
-    run.folder.mkdir(parents=True, exist_ok=True)
-    dump(config, run.folder / CONFIG)
-    (run.folder / "metrics.jsonl").unlink(missing_ok=True)
-    layouts = run.task.train_layouts()
-    modalities = run.modalities
-    loader = torch.utils.data.DataLoader(
-        layouts,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=len(layouts) >= cfg.batch_size,
-        collate_fn=lambda items: run.task.collate(items, run.tokenizer, modalities),
-        generator=torch.Generator().manual_seed(config.seed),
-    )
     module = DiffusionModule(
         run.model,
         config.diffusion,
@@ -126,7 +184,9 @@ def train(config: ExperimentConfig) -> Run:
         max_steps=cfg.max_steps,
         max_epochs=-1,
         accelerator=cfg.accelerator,
-        devices=1,
+        strategy=strategy,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
         precision=precision,
         gradient_clip_val=cfg.grad_clip or None,
         logger=False,
@@ -136,14 +196,35 @@ def train(config: ExperimentConfig) -> Run:
         default_root_dir=str(run.folder),
         callbacks=[
             Throughput(),
-            PeriodicValidation(lambda: evaluate(run, "validation", cfg.val_limit, write=False), cfg.eval_every),
+            PeriodicValidation(
+                functools.partial(evaluate, run, "validation", cfg.val_limit, write=False), cfg.eval_every
+            ),
             MetricsJsonl(run.folder / "metrics.jsonl", cfg.log_every),
-            SafetensorsCheckpoint(lambda step: save_run_checkpoint(run, step), cfg.checkpoint_every),
+            SafetensorsCheckpoint(functools.partial(save_run_checkpoint, run), cfg.checkpoint_every),
+            *callbacks,
         ],
     )
+    layouts = run.task.train_layouts()
+    loader = torch.utils.data.DataLoader(
+        layouts,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=len(layouts) >= cfg.batch_size,
+        collate_fn=functools.partial(run.task.collate, tokenizer=run.tokenizer, modalities=run.modalities),
+        # several processes: the DistributedSampler shuffles (and a Generator does not survive ddp_spawn's pickling)
+        generator=torch.Generator().manual_seed(config.seed) if trainer.world_size == 1 else None,
+    )
+    if trainer.is_global_zero:  # the rank comes from torchrun's / SLURM's environment before fit
+        run.folder.mkdir(parents=True, exist_ok=True)
+        dump(config, run.folder / CONFIG)
+        (run.folder / "metrics.jsonl").unlink(missing_ok=True)
     total = sum(p.numel() for p in run.model.parameters())
     log.info("training %s: %.2fM parameters, %d training examples", config.name, total / 1e6, len(layouts))
     trainer.fit(module, loader)
+    if cfg.strategy == "fsdp" and trainer.is_global_zero:  # run.model is sharded in place: read the weights back
+        run = build_run(replace(config, init_from=None), run.tokenizer)
+        load_weights(run.folder / "checkpoints" / "last", run.model)
+    run.rank = trainer.global_rank
     return run
 
 

@@ -178,3 +178,18 @@ def test_weight_decay_follows_the_unsharded_shapes():
 
     assert decayed(param_groups(wrapper, 0.1, 1e-3, matrices=matrices)) == [(12,)]
     assert decayed(param_groups(wrapper, 0.1, 1e-3)) == []  # shapes alone would decay nothing
+
+
+def test_cli_reports_a_nonfinite_stop_in_one_line(tmp_path, monkeypatch, capsys):
+    import multimodal.train.run as runs
+
+    def stopped(config, callbacks=()):
+        raise NonFiniteLoss(float("nan"), 3, tmp_path / "step_0000002")
+
+    monkeypatch.setattr(runs, "train", stopped)
+    assert main(["train", "-c", "digits_reverse", "--set", f"train.output_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"mmdiff train: stopped: loss is nan at step 3; the last good checkpoint is {tmp_path / 'step_0000002'}\n"
+    )

@@ -43,8 +43,7 @@ def save_checkpoint(
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        state, aliases = _dedupe(model.state_dict())
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+        write_weights(tmp / WEIGHTS, model.state_dict())
         (tmp / CONFIG).write_text(config_yaml)
         for name, writer in (writers or {}).items():
             writer(tmp / name)
@@ -60,6 +59,22 @@ def save_checkpoint(
         raise
     log.info("saved checkpoint %s", folder)
     return folder
+
+
+def write_weights(file: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """Save a state dict as safetensors, tied tensors once (the other names are aliases in the metadata)."""
+    kept, aliases = _dedupe(state)
+    save_file(kept, str(file), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+
+
+def read_weights(file: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict written by `write_weights`, aliases restored (tied names share one tensor)."""
+    state = load_file(str(file))
+    with safe_open(str(file), framework="pt") as f:
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    for alias, name in aliases.items():
+        state[alias] = state[name]
+    return state
 
 
 def _dedupe(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -83,11 +98,7 @@ def load_weights(folder: str | Path, model: nn.Module, strict: bool = True) -> N
     file = Path(folder) / WEIGHTS
     if not file.is_file():
         raise FileNotFoundError(f"no {WEIGHTS} in {folder}")
-    state = load_file(str(file))
-    with safe_open(str(file), framework="pt") as f:
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-    for alias, name in aliases.items():
-        state[alias] = state[name]
+    state = read_weights(file)
     expected = model.state_dict()
     problems = []
     missing = sorted(set(expected) - set(state))

@@ -132,7 +132,8 @@ def test_nonfinite_stop_names_step_and_keeps_good_checkpoint(tmp_path):
         train(config, callbacks=[Poison(step=3)])
     checkpoints = tmp_path / "digits_reverse" / "checkpoints"
     assert str(err.value) == f"loss is nan at step 3; the last good checkpoint is {checkpoints / 'step_0000002'}"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["last", "step_0000001", "step_0000002"]
+    names = sorted(p.name for p in checkpoints.iterdir())
+    assert names == ["last", "state_0000001", "state_0000002", "step_0000001", "step_0000002"]
     assert [x["step"] for x in metrics(tmp_path)] == [1, 2]
 
 

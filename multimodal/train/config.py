@@ -49,9 +49,16 @@ class TrainConfig:
         on_nonfinite: what a NaN or infinite loss does: ``stop`` raises NonFiniteLoss naming the step and
             the last checkpoint; ``skip`` drops the batch (no update; it still counts as a step), logs a
             warning and counts it as ``nonfinite_skipped``.
+        resume: continue from the newest complete training state in the run folder
+            (checkpoints/state_XXXXXXX: weights, optimiser, scheduler, step, data position, RNG), or
+            start from step 0 when there is none, so a preempted job can be requeued with the same
+            command. The run's config must be unchanged (the data order and schedules depend on it).
+        bucket_batches: length bucketing: sort windows of this many global batches by length so a
+            batch holds similar lengths (0: plain shuffling). See multimodal/train/sampler.py.
         threads: CPU threads for torch (None: leave torch's default).
         log_every: steps between metric lines.
-        checkpoint_every: steps between checkpoints (0: only the final one).
+        checkpoint_every: steps between checkpoints (weights, and a training state for `resume`; 0:
+            only the final one).
         eval_at_end: evaluate on the test split after training.
         eval_limit: evaluate on at most this many examples (None: all).
         eval_every: decode this many validation examples (`val_limit`) every this many steps and log
@@ -80,6 +87,8 @@ class TrainConfig:
     num_nodes: int = 1
     activation_checkpointing: bool = False
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    resume: bool = False
+    bucket_batches: int = 0
     threads: int | None = None
     log_every: int = 20
     checkpoint_every: int = 0

@@ -4,6 +4,9 @@ Masking randomness comes from a generator seeded by (seed, global step, rank), s
 corruption does not depend on what ran before it. The logged ``loss`` is the mean over all ranks
 (the loss of the global batch); a non-finite one stops the run or skips the batch (train.on_nonfinite),
 decided on every rank alike so that data-parallel ranks never diverge.
+
+Training states (resume.py) carry, besides what Lightning stores, the position in the training
+stream (samples consumed, sampler.py), the RNG states and the count of skipped batches.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from multimodal.diffusion.objective import DiffusionConfig, diffusion_loss
 from multimodal.train.build import part_of
 from multimodal.train.config import TrainConfig
 from multimodal.train.optim import build_optimizer, matrix_names
+from multimodal.train.resume import rng_states, set_rng_states
 from multimodal.types import MultimodalBatch
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,21 @@ class DiffusionModule(L.LightningModule):
         self.nonfinite_skipped = 0
         self._skip_update = False
         self.matrices = matrix_names(model)  # before any sharding (optim.matrix_names)
+        self.stream_start = (0, 0)  # (global step, samples consumed) where this run entered the stream
+
+    def samples_consumed(self) -> int:
+        """Samples of the training stream read so far, all ranks together (one batch per rank and step)."""
+        step, samples = self.stream_start
+        return samples + (self.global_step - step) * self.train_cfg.batch_size * self.trainer.world_size
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["data_position"] = {"samples": self.samples_consumed(), "step": self.global_step}
+        checkpoint["rng"] = rng_states()
+        checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        set_rng_states(checkpoint["rng"])
+        self.nonfinite_skipped = checkpoint.get("nonfinite_skipped", 0)
 
     def setup(self, stage: str) -> None:
         if self.train_cfg.threads:  # again here: processes that ddp_spawn starts begin with torch's default

@@ -2,12 +2,12 @@ r"""Runs: build everything an experiment config names, train it, and load it bac
 
 A run folder (train.output_dir / name) holds ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/step_XXXXXXX/`` and ``checkpoints/last/`` (safetensors + config + tokenizer, see
-multimodal.checkpoint) and ``eval/<split>_{predictions.jsonl,metrics.json}`` (evaluate.py).
+multimodal.checkpoint), ``checkpoints/state_XXXXXXX/`` (training states for ``train.resume``, resume.py) and ``eval/<split>_{predictions.jsonl,metrics.json}`` (evaluate.py).
 
 Multi-process and multi-node
 ----------------------------
-``train.strategy=ddp`` runs one process per device; each process reads its own share of every batch
-(Lightning's DistributedSampler, shuffled alike on every rank from ``seed``), so ``train.batch_size`` is
+``train.strategy=ddp`` runs one process per device; each process reads its own slice of every global
+batch (multimodal/train/sampler.py: one endless order drawn from ``seed``), so ``train.batch_size`` is
 per process. Only global rank 0 writes checkpoints and metrics.jsonl, validates and evaluates. Launch
 with torchrun (one command per node)::
 
@@ -25,6 +25,7 @@ the model per transformer block and needs CUDA; evaluation after training reads 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -41,6 +42,8 @@ from multimodal.sampling import SpecialIds
 from multimodal.tokenizer import BuiltinTokenizer, HFTokenizer, build_tokenizer, load_tokenizer
 from multimodal.train.build import build_model, checkpoint_folder, modality_io
 from multimodal.train.config import ExperimentConfig, TrainConfig, experiment_from_text
+from multimodal.train.resume import StateCheckpointIO, TrainingState, latest_state, read_position
+from multimodal.train.sampler import ResumableBatchSampler
 from multimodal.types import ModalityIO
 from tasks import Task, create_task
 
@@ -164,8 +167,7 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     strategy = _strategy(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    # Lightning's DistributedSampler shuffles with the seed set here (PL_GLOBAL_SEED): every rank draws the
-    # same permutation and reads its own slice of it
+    # the data order and the masking noise have their own seeds; this seeds whatever else draws numbers
     L.seed_everything(config.seed, workers=True, verbose=False)
     run = build_run(config)
     module = DiffusionModule(
@@ -191,6 +193,8 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
         gradient_clip_val=cfg.grad_clip or None,
         logger=False,
         enable_checkpointing=False,
+        use_distributed_sampler=False,  # ResumableBatchSampler splits the stream between ranks itself
+        plugins=[StateCheckpointIO()],
         enable_model_summary=False,
         log_every_n_steps=cfg.log_every,
         default_root_dir=str(run.folder),
@@ -201,31 +205,67 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
             ),
             MetricsJsonl(run.folder / "metrics.jsonl", cfg.log_every),
             SafetensorsCheckpoint(functools.partial(save_run_checkpoint, run), cfg.checkpoint_every),
+            TrainingState(run.folder / "checkpoints", cfg.checkpoint_every),
             *callbacks,
         ],
     )
     layouts = run.task.train_layouts()
+    state = latest_state(run.folder) if cfg.resume else None
+    if state is not None:
+        module.stream_start = read_position(state)
+        log.info("resuming %s from %s (step %d)", config.name, state, module.stream_start[0])
+    elif cfg.resume:
+        log.info("no training state in %s: starting from step 0", run.folder / "checkpoints")
+    sampler = ResumableBatchSampler(
+        len(layouts),
+        cfg.batch_size,
+        config.seed,
+        start=module.stream_start[1],
+        lengths=_lengths(run, layouts) if cfg.bucket_batches else None,
+        bucket_batches=cfg.bucket_batches,
+    )
     loader = torch.utils.data.DataLoader(
         layouts,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=len(layouts) >= cfg.batch_size,
+        batch_sampler=sampler,
         collate_fn=functools.partial(run.task.collate, tokenizer=run.tokenizer, modalities=run.modalities),
-        # several processes: the DistributedSampler shuffles (and a Generator does not survive ddp_spawn's pickling)
-        generator=torch.Generator().manual_seed(config.seed) if trainer.world_size == 1 else None,
     )
     if trainer.is_global_zero:  # the rank comes from torchrun's / SLURM's environment before fit
         run.folder.mkdir(parents=True, exist_ok=True)
         dump(config, run.folder / CONFIG)
-        (run.folder / "metrics.jsonl").unlink(missing_ok=True)
+        _keep_metrics_until(run.folder / "metrics.jsonl", module.stream_start[0])
     total = sum(p.numel() for p in run.model.parameters())
     log.info("training %s: %.2fM parameters, %d training examples", config.name, total / 1e6, len(layouts))
-    trainer.fit(module, loader)
+    trainer.fit(module, loader, ckpt_path=state, weights_only=True)
     if cfg.strategy == "fsdp" and trainer.is_global_zero:  # run.model is sharded in place: read the weights back
         run = build_run(replace(config, init_from=None), run.tokenizer)
         load_weights(run.folder / "checkpoints" / "last", run.model)
     run.rank = trainer.global_rank
     return run
+
+
+def _lengths(run: Run, layouts: Sequence[Any]) -> list[int]:
+    """Tokens each training example becomes (text tokens plus the embeddings of its media items), for
+    length bucketing; media are preprocessed once here to count them."""
+    lengths = []
+    for lay in layouts:
+        n = sum(len(run.tokenizer.encode(p)) + len(run.tokenizer.encode(a)) + 1 for p, a in lay.history)
+        n += len(run.tokenizer.encode(lay.prompt)) + len(run.tokenizer.encode(lay.answer)) + 1
+        for name, io in run.modalities.items():
+            n += sum(int(io.num_tokens(io.preprocess(item))) - 1 for item in lay.media.get(name, []))
+        lengths.append(n)
+    return lengths
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """A fresh run (step 0) starts metrics.jsonl anew; a resumed one keeps the lines up to its step
+    (later lines came from the interrupted run after its last training state)."""
+    if step == 0 or not path.is_file():
+        path.unlink(missing_ok=True)
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
 
 
 def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Run:

@@ -2,7 +2,8 @@ r"""Runs: build everything an experiment config names, train it, and load it bac
 
 A run folder (train.output_dir / name) holds ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/step_XXXXXXX/`` and ``checkpoints/last/`` (safetensors + config + tokenizer, see
-multimodal.checkpoint), ``checkpoints/state_XXXXXXX/`` (training states for ``train.resume``, resume.py) and ``eval/<split>_{predictions.jsonl,metrics.json}`` (evaluate.py).
+multimodal.checkpoint), ``checkpoints/state_XXXXXXX/`` (training states for ``train.resume``, resume.py)
+and ``eval/<split>_{predictions.jsonl,metrics.json}`` (evaluate.py).
 
 Multi-process and multi-node
 ----------------------------

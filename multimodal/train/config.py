@@ -46,6 +46,9 @@ class TrainConfig:
         num_nodes: nodes (machines) in the run.
         activation_checkpointing: recompute each transformer block's activations in the backward pass
             (fsdp only): less memory for about one more forward.
+        compile: compile each transformer block with torch.compile (regional compilation: one
+            compiled block reused by every layer, quick to compile, composes with FSDP's per-block
+            units and activation checkpointing); models without LLaDA blocks compile whole.
         on_nonfinite: what a NaN or infinite loss does: ``stop`` raises NonFiniteLoss naming the step and
             the last checkpoint; ``skip`` drops the batch (no update; it still counts as a step), logs a
             warning and counts it as ``nonfinite_skipped``.
@@ -86,6 +89,7 @@ class TrainConfig:
     devices: int = 1
     num_nodes: int = 1
     activation_checkpointing: bool = False
+    compile: bool = False
     on_nonfinite: Literal["stop", "skip"] = "stop"
     resume: bool = False
     bucket_batches: int = 0

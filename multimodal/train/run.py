@@ -151,6 +151,17 @@ def _strategy(cfg: TrainConfig) -> Any:
     )
 
 
+def compile_blocks(model: nn.Module) -> int:
+    """torch.compile every LLaDABlock in place (parameter names unchanged), or the whole model if it has
+    none; returns the number of blocks compiled."""
+    blocks = [m for m in model.modules() if isinstance(m, LLaDABlock)]
+    for block in blocks:
+        block.compile()
+    if not blocks:
+        model.compile()
+    return len(blocks)
+
+
 def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     """Train the experiment; returns the run (model trained, checkpoint written).
 
@@ -171,6 +182,8 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     # the data order and the masking noise have their own seeds; this seeds whatever else draws numbers
     L.seed_everything(config.seed, workers=True, verbose=False)
     run = build_run(config)
+    if cfg.compile:
+        compile_blocks(run.model)
     module = DiffusionModule(
         run.model,
         config.diffusion,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure in one script (run from the repository root on the device machine):
-# correctness on the GPU against the CPU reference, then the decoding tables of benchmarks/decode.py.
+# correctness on the GPU against the CPU reference, the decoding tables of benchmarks/decode.py, then
+# the training throughput table of benchmarks/train_mfu.py.
 # The device image has torch, lightning, safetensors, pyyaml and tqdm; the project runs from the tree.
 set -euo pipefail
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
@@ -13,3 +14,7 @@ python3 benchmarks/decode.py --preset llada_1b --dtype bfloat16 --prompt 128 --g
 # Issue figure 2: the same at batch 16 with prompts of mixed lengths, caches on.
 python3 benchmarks/decode.py --preset llada_1b --dtype bfloat16 --prompt 128 --gen 256 --blocks 32 \
   --batch 16 --mixed --caches none,prefix,dual --repeats 1
+# Issue 7 figure: training llada_1b at sequence 2048, bf16 autocast: tokens/s, MFU and peak memory at
+# batch 4 and 8, eager and with regional torch.compile (target: >= 45% MFU, batch 8 inside 80 GB).
+python3 benchmarks/train_mfu.py --preset llada_1b --seq 2048 --batches 4,8 --steps 10 --warmup 3 \
+  --settings eager,compile

@@ -96,8 +96,14 @@ class SafetensorsCheckpoint(L.Callback):
 
     def _save(self, trainer: L.Trainer, step: int) -> None:
         state = None
-        if isinstance(trainer.strategy, FSDPStrategy):
-            state = trainer.strategy.lightning_module_state_dict()  # collective: every rank must call it
+        if isinstance(trainer.strategy, FSDPStrategy):  # collective: every rank must take part
+            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            # whole weights on rank 0, whatever state_dict_type the training states use
+            full = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+            with FSDP.state_dict_type(trainer.strategy.model, StateDictType.FULL_STATE_DICT, full):
+                state = trainer.lightning_module.state_dict()
         if trainer.is_global_zero:
             self.last = self.save(step, state)
 

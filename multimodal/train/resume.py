@@ -8,9 +8,13 @@ A training state is a folder ``checkpoints/state_XXXXXXX`` (the step) holding
                         (samples of the training stream consumed) and the RNG states; plain tensors,
                         numbers and strings only, read back with ``torch.load(weights_only=True)``
 
-It is written under a temporary name and renamed into place once complete (`TrainingState`), so a
-crash leaves the previous states intact and at worst a ``.state_*.tmp`` folder that resuming ignores.
-`train.resume` picks the newest complete state; Lightning restores model, optimiser, scheduler and
+Under FSDP (run.py) a training state is sharded instead: Lightning writes each rank's shards with
+torch.distributed.checkpoint and everything else to ``meta.pt`` (``SHARDED_STATE_FILE``), never
+gathering the full optimiser state on one rank (not run here: it needs CUDA).
+
+Every state is written under a temporary name and renamed into place once complete (`TrainingState`),
+so a crash leaves the previous states intact and at worst a ``.state_*.tmp`` folder that resuming
+ignores. `train.resume` picks the newest complete state; Lightning restores model, optimiser, scheduler and
 step from it (``trainer.fit(ckpt_path=...)``), and run.py starts the training stream at the stored
 position (multimodal/train/sampler.py). The masking noise of a step is seeded by (seed, step, rank)
 (module.py), so the resumed run draws the same masks and follows the same loss curve as an
@@ -35,6 +39,7 @@ from multimodal.checkpoint import read_weights, write_weights
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
+SHARDED_STATE_FILE = "meta.pt"  # Lightning's FSDP sharded checkpoints
 WEIGHTS_FILE = "model.safetensors"
 _STATE = re.compile(r"state_(\d{7})")
 
@@ -78,13 +83,18 @@ class StateCheckpointIO(CheckpointIO):
 def latest_state(run_folder: Path) -> Path | None:
     """The newest complete training state of a run (None if there is none)."""
     folder = Path(run_folder) / "checkpoints"
-    states = sorted(p for p in folder.glob("state_*") if _STATE.fullmatch(p.name) and (p / STATE_FILE).is_file())
+    states = sorted(p for p in folder.glob("state_*") if _STATE.fullmatch(p.name) and _state_file(p).is_file())
     return states[-1] if states else None
+
+
+def _state_file(state: Path) -> Path:
+    sharded = state / SHARDED_STATE_FILE
+    return sharded if sharded.is_file() else state / STATE_FILE
 
 
 def read_position(state: Path) -> tuple[int, int]:
     """(global step, samples of the training stream consumed) stored in a training state."""
-    checkpoint = torch.load(Path(state) / STATE_FILE, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(_state_file(Path(state)), map_location="cpu", weights_only=True)
     return int(checkpoint["global_step"]), int(checkpoint["data_position"]["samples"])
 
 

@@ -130,8 +130,10 @@ def save_run_checkpoint(run: Run, step: int, state: dict[str, torch.Tensor] | No
 def _strategy(cfg: TrainConfig) -> Any:
     """The Lightning strategy train.strategy names, after checking what it needs.
 
-    FSDP: full sharding with one unit per LLaDABlock (other models are a single unit) and, with
-    train.activation_checkpointing, those blocks recomputed in the backward pass. It needs CUDA.
+    FSDP: full sharding with one unit per LLaDABlock (other models are a single unit), with
+    train.activation_checkpointing those blocks recomputed in the backward pass, bf16 mixed precision
+    from train.precision, and sharded training states (the safetensors weights are still gathered
+    whole). It needs CUDA.
     """
     if cfg.strategy != "fsdp":
         if cfg.activation_checkpointing:
@@ -148,6 +150,7 @@ def _strategy(cfg: TrainConfig) -> Any:
         sharding_strategy="FULL_SHARD",
         auto_wrap_policy=blocks,
         activation_checkpointing_policy=blocks if cfg.activation_checkpointing else None,
+        state_dict_type="sharded",  # training states: every rank writes its shards (resume.py)
     )
 
 

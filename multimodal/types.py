@@ -44,7 +44,12 @@ class MultimodalBatch:
         modality_inputs: per-modality preprocessed inputs (pixel values, log-mel features, ...).
         modality_masks: per-modality validity masks of those inputs.
         placeholders: per-modality (B, N) positions in `input_ids` where the projected features go.
-        meta: ids, references and anything else the metrics need, one entry per sample.
+        meta: ids, references and anything else the metrics need, one entry per sample (per document
+            when packed).
+        document_ids: (B, L) long, for packed rows (multimodal/train/packing.py): the document each
+            position belongs to, numbered 0..D-1 across the whole batch in row-major order, -1 on padding.
+            When set, the loss samples t per document and normalises ``answer`` per document; None means
+            one document per row.
     """
 
     input_ids: torch.Tensor
@@ -55,6 +60,7 @@ class MultimodalBatch:
     modality_masks: dict[str, torch.Tensor] = field(default_factory=dict)
     placeholders: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: list[dict[str, Any]] = field(default_factory=list)
+    document_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> MultimodalBatch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -69,10 +75,14 @@ class MultimodalBatch:
             modality_masks={k: v.to(device) for k, v in self.modality_masks.items()},
             placeholders={k: v.to(device) for k, v in self.placeholders.items()},
             meta=self.meta,
+            document_ids=move(self.document_ids),
         )
 
     @property
     def num_tokens(self) -> int:
+        """Real (non-padding) tokens in the batch."""
+        if self.document_ids is not None:  # packed: the attention mask is (B, L, L)
+            return int((self.document_ids >= 0).sum())
         if self.attention_mask is None:
             return self.input_ids.numel()
         return int(self.attention_mask.sum())

@@ -13,6 +13,12 @@ Normalisations (PAPERS.md section 1; every term is CE x weight, weight = 1/p or 
   ``answer``    per-sample sum / answer length, mean over the batch      LLaDA SFT
   ``tokens``    sum / number of maskable tokens in the batch             DIFFA
   ``masked``    sum / number of masked tokens (mean over masked)         Whisper-LLaDA (with weight 1)
+
+Packed rows (several documents per row, `document_ids` given, multimodal/train/packing.py): ``answer``
+becomes per document (each document's sum / its maskable count, mean over the D documents), so the
+loss equals the mean of the documents' losses computed alone; ``sequence`` divides by the number of
+document tokens instead of B * L, so the padding tail of the last rows does not shrink it; ``tokens``
+and ``masked`` are batch-wide counts already and stay as they are.
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ def masked_diffusion_loss(
     maskable: torch.Tensor,
     normalisation: Normalisation = "answer",
     chunk_size: int = 1024,
+    document_ids: torch.Tensor | None = None,
 ) -> LossOutput:
     """Weighted cross-entropy at masked positions, normalised as named.
 
@@ -91,6 +98,8 @@ def masked_diffusion_loss(
         maskable: (B, L) bool, positions that could be masked (answer tokens incl. EOS padding).
         normalisation: one of ``sequence``, ``answer``, ``tokens``, ``masked`` (module docstring).
         chunk_size: rows per head chunk.
+        document_ids: (B, L) long document of each position in packed rows (0..D-1 across the batch, -1
+            on padding), or None for one document per row (module docstring).
 
     Returns:
         LossOutput with the scalar loss and logging statistics.
@@ -101,11 +110,17 @@ def masked_diffusion_loss(
     rows = masked.nonzero(as_tuple=True)  # indices of masked positions, row-major
     num_masked, num_maskable = int(rows[0].numel()), int(maskable.sum())
     coeff = weight[rows].float()  # (N,): each row's factor in the final sum
+    if document_ids is not None and bool((maskable & (document_ids < 0)).any()):
+        raise ValueError("maskable positions must belong to a document (document_ids -1 marks padding)")
     if normalisation == "sequence":
-        coeff = coeff / (b * n)
-    elif normalisation == "answer":
+        coeff = coeff / (b * n if document_ids is None else max(int((document_ids >= 0).sum()), 1))
+    elif normalisation == "answer" and document_ids is None:
         answer_len = maskable.sum(1).clamp_min(1).float()  # (B,)
         coeff = coeff / answer_len[rows[0]] / b
+    elif normalisation == "answer":
+        docs = max(int(document_ids.max()) + 1, 1)
+        answer_len = torch.bincount(document_ids[maskable], minlength=docs).clamp_min(1).float()  # (D,)
+        coeff = coeff / answer_len[document_ids[rows]] / docs
     elif normalisation == "tokens":
         coeff = coeff / max(num_maskable, 1)
     elif normalisation == "masked":

@@ -5,6 +5,10 @@ antithetic time sampling, LLaDA's random-length truncation of pre-training batch
 weight (1/p from the schedule, or 1 for plain cross-entropy as in Whisper-LLaDA), and the loss
 normalisation (see loss.py). The model is any callable with the backbone's forward signature and a
 `head` (plus `head_weight` when the head is a plain matrix); no Lightning, no I/O.
+
+Packed batches (`batch.document_ids` set, multimodal/train/packing.py) draw one t per document rather
+than per row (antithetic across the batch's documents), so the documents sharing a row get their own
+mask rates and weights, exactly as if each were a row of its own; loss.py normalises per document.
 """
 
 from __future__ import annotations
@@ -70,12 +74,20 @@ def diffusion_loss(
     """Corrupt `batch` and return the masked-diffusion loss of `model` on it (plus the auxiliary CTC
     term when configured; `eos_id` and `pad_id` then say what the transcript targets exclude)."""
     x0, maskable, attn, pos = batch.input_ids, batch.maskable, batch.attention_mask, batch.position_ids
+    docs = batch.document_ids
     length = random_truncation_length(x0.shape[1], config.truncate_prob, generator, x0.device)
     if length < x0.shape[1]:
         x0, maskable = x0[:, :length], maskable[:, :length]
-        attn = None if attn is None else attn[:, :length]
+        if attn is not None:  # (B, L) padding mask, or (B, Q, K) / (B, 1, Q, K): crop queries and keys
+            attn = attn[:, :length] if attn.dim() == 2 else attn[..., :length, :length]
         pos = None if pos is None else pos[:, :length]
-    t = schedule.sample_t(x0.shape[0], antithetic=config.antithetic, generator=generator, device=x0.device)
+        docs = None if docs is None else docs[:, :length]
+    if docs is None:
+        t = schedule.sample_t(x0.shape[0], antithetic=config.antithetic, generator=generator, device=x0.device)
+    else:  # one t per document: (D,) drawn, then spread over its positions (B, L); padding takes document 0's
+        num_docs = max(int(docs.max()) + 1, 1)
+        t_doc = schedule.sample_t(num_docs, antithetic=config.antithetic, generator=generator, device=x0.device)
+        t = t_doc[docs.clamp_min(0)]
     xt, masked = mask_tokens(x0, schedule.mask_prob(t), maskable, mask_id, generator)
     if batch.modality_inputs:  # multimodal: the model encodes and splices them at the placeholders
         model_kwargs = {
@@ -95,6 +107,7 @@ def diffusion_loss(
         maskable,
         config.normalisation,
         config.chunk_size,
+        docs,
     )
     if config.ctc_weight > 0 and out.extras:
         if eos_id is None:

@@ -30,6 +30,10 @@ class TrainConfig:
     Attributes:
         max_steps: optimiser steps.
         batch_size: sequences per step and process (the global batch is batch_size x devices x num_nodes).
+        pack_length: pack token-only training samples into rows of this many tokens, with per-document
+            attention and positions (multimodal/train/packing.py); 0 = off. batch_size then counts
+            documents per step and the number of rows per step varies. Needs the LLaDA backbone and no
+            modalities.
         lr: peak learning rate (AdamW).
         min_lr_ratio: final learning rate as a fraction of the peak (cosine decay).
         warmup_steps: linear warm-up steps.
@@ -77,6 +81,7 @@ class TrainConfig:
 
     max_steps: int = 1000
     batch_size: int = 64
+    pack_length: int = 0
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100

@@ -43,6 +43,7 @@ from multimodal.sampling import SpecialIds
 from multimodal.tokenizer import BuiltinTokenizer, HFTokenizer, build_tokenizer, load_tokenizer
 from multimodal.train.build import build_model, checkpoint_folder, modality_io
 from multimodal.train.config import ExperimentConfig, TrainConfig, experiment_from_text
+from multimodal.train.packing import PackedCollate
 from multimodal.train.resume import StateCheckpointIO, TrainingState, latest_state, read_position
 from multimodal.train.sampler import ResumableBatchSampler
 from multimodal.types import ModalityIO
@@ -180,6 +181,12 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
 
     cfg = config.train
     strategy = _strategy(cfg)
+    if cfg.pack_length and (config.dsm is not None or config.modalities):
+        raise ConfigError("train.pack_length needs a token-only task on the LLaDA backbone (no dsm, no modalities)")
+    if cfg.pack_length > config.backbone.max_seq_len:
+        raise ConfigError(
+            f"train.pack_length {cfg.pack_length} exceeds backbone.max_seq_len {config.backbone.max_seq_len}"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     # the data order and the masking noise have their own seeds; this seeds whatever else draws numbers
@@ -241,11 +248,10 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
         lengths=_lengths(run, layouts) if cfg.bucket_batches else None,
         bucket_batches=cfg.bucket_batches,
     )
-    loader = torch.utils.data.DataLoader(
-        layouts,
-        batch_sampler=sampler,
-        collate_fn=functools.partial(run.task.collate, tokenizer=run.tokenizer, modalities=run.modalities),
-    )
+    collate = functools.partial(run.task.collate, tokenizer=run.tokenizer, modalities=run.modalities)
+    if cfg.pack_length:
+        collate = PackedCollate(collate, cfg.pack_length, run.tokenizer.pad_id)
+    loader = torch.utils.data.DataLoader(layouts, batch_sampler=sampler, collate_fn=collate)
     if trainer.is_global_zero:  # the rank comes from torchrun's / SLURM's environment before fit
         run.folder.mkdir(parents=True, exist_ok=True)
         dump(config, run.folder / CONFIG)

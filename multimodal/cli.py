@@ -1,4 +1,4 @@
-"""`mmdiff`: the one console script (train | sample | eval | list | show-config).
+"""`mmdiff`: the one console script (train | sample | eval | deliberate | plot | list | show-config).
 
 Configs are YAML files (a path, or a name in configs/experiment/) with ``--set a.b=c`` overrides.
 Errors a user can fix (bad config key, missing file, impossible decoding shape) print one line
@@ -75,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="task split that hypothesis ids refer to")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    p = sub.add_parser("plot", help="draw a run's loss and throughput curves (metrics.jsonl) to a PNG")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding metrics.jsonl (or the file itself)")
+    p.add_argument("--out", default=None, help="PNG to write (default: RUN_DIR/curves.png)")
+
     p = sub.add_parser("list", help="list registered presets, samplers, schedules, tasks")
     p.add_argument("family", nargs="?", default=None, help="only this registry (backbone, sampler, ...)")
     p.add_argument("--pattern", default="*", help="glob over names")
@@ -137,6 +141,11 @@ def _setup_logging(verbose: bool, quiet_lightning: bool = False) -> None:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "list":
         return _list(args.family, args.pattern)
+    if args.command == "plot":
+        from multimodal.plot import save_curves
+
+        print(f"curves: {save_curves(args.run_dir, args.out)}")
+        return 0
     from multimodal.train import evaluate as evaluation
     from multimodal.train import run as runs
     from multimodal.train.config import load_experiment

@@ -1,4 +1,5 @@
-"""Lightning callbacks: throughput on the progress bar, metrics as JSON lines, safetensors checkpoints.
+"""Lightning callbacks: metrics as JSON lines, periodic validation, safetensors checkpoints (throughput,
+MFU and memory: observe.py).
 
 In a multi-process run only global rank 0 writes files and validates; the others keep in step.
 """
@@ -15,20 +16,6 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
 from multimodal.train.module import NonFiniteLoss
-
-
-class Throughput(L.Callback):
-    """Logs tokens per second (real tokens of the batch, padding excluded) to the progress bar."""
-
-    def __init__(self) -> None:
-        self._start = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
-        pl_module.log("tok_s", batch.num_tokens / elapsed, prog_bar=True, batch_size=batch.input_ids.shape[0])
 
 
 class MetricsJsonl(L.Callback):

@@ -77,6 +77,9 @@ class TrainConfig:
             LoRA adapters always train). LLaDA-V stage 1: ``[projector]``; stage 2: all three.
         part_lr: learning rate per part (``encoder``, ``projector``, ``backbone``, ``lora``); others use lr.
         lora: put LoRA adapters on the backbone (then freeze ``backbone`` in `trainable`).
+        loggers: Lightning loggers besides metrics.jsonl, written under the run folder: ``csv``
+            (csv/metrics.csv) and ``tensorboard`` (tensorboard/version_N/; needs the tensorboard
+            package, extra mmdiff[observe]).
     """
 
     max_steps: int = 1000
@@ -110,6 +113,7 @@ class TrainConfig:
     trainable: list[str] = field(default_factory=lambda: ["backbone", "encoder", "projector"])
     part_lr: dict[str, float] = field(default_factory=dict)
     lora: LoRAConfig | None = None
+    loggers: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -71,6 +71,7 @@ class DiffusionModule(L.LightningModule):
         self.nonfinite_skipped = 0
         self._skip_update = False
         self.matrices = matrix_names(model)  # before any sharding (optim.matrix_names)
+        self.num_masked: int | None = None  # masked tokens of the last training batch (TrainingMonitor's FLOPs)
         self.stream_start = (0, 0)  # (global step, samples consumed) where this run entered the stream
 
     def samples_consumed(self) -> int:
@@ -107,6 +108,7 @@ class DiffusionModule(L.LightningModule):
             eos_id=self.eos_id,
             pad_id=self.pad_id,
         )
+        self.num_masked = out.num_masked
         size = batch.input_ids.shape[0]
         # one all-reduce: the global-batch loss to log, and non-finite on any rank means non-finite on all
         loss = self.trainer.strategy.reduce(out.loss.detach().clone(), reduce_op="mean")

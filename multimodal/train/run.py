@@ -175,9 +175,10 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     """
     import lightning as L
 
-    from multimodal.train.callbacks import MetricsJsonl, PeriodicValidation, SafetensorsCheckpoint, Throughput
+    from multimodal.train.callbacks import MetricsJsonl, PeriodicValidation, SafetensorsCheckpoint
     from multimodal.train.evaluate import evaluate
     from multimodal.train.module import DiffusionModule
+    from multimodal.train.observe import TrainingMonitor, build_loggers
 
     cfg = config.train
     strategy = _strategy(cfg)
@@ -215,7 +216,7 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
         num_nodes=cfg.num_nodes,
         precision=precision,
         gradient_clip_val=cfg.grad_clip or None,
-        logger=False,
+        logger=build_loggers(cfg.loggers, run.folder) or False,
         enable_checkpointing=False,
         use_distributed_sampler=False,  # ResumableBatchSampler splits the stream between ranks itself
         plugins=[StateCheckpointIO()],
@@ -223,7 +224,7 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
         log_every_n_steps=cfg.log_every,
         default_root_dir=str(run.folder),
         callbacks=[
-            Throughput(),
+            TrainingMonitor(cfg.log_every),  # before MetricsJsonl, which writes what it logs
             PeriodicValidation(
                 functools.partial(evaluate, run, "validation", cfg.val_limit, write=False), cfg.eval_every
             ),

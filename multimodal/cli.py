@@ -1,4 +1,5 @@
-"""`mmdiff`: the one console script (train | sample | eval | deliberate | plot | list | show-config).
+"""`mmdiff`: the one console script (train | sample | eval | deliberate | shards | plot | list
+| show-config).
 
 Configs are YAML files (a path, or a name in configs/experiment/) with ``--set a.b=c`` overrides.
 Errors a user can fix (bad config key, missing file, impossible decoding shape) print one line
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="task split that hypothesis ids refer to")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    p = sub.add_parser(
+        "shards", help="write training data as WebDataset shards (images | audio | proteins)", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
     p = sub.add_parser("plot", help="draw a run's loss and throughput curves (metrics.jsonl) to a PNG")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding metrics.jsonl (or the file itself)")
     p.add_argument("--out", default=None, help="PNG to write (default: RUN_DIR/curves.png)")
@@ -141,6 +147,10 @@ def _setup_logging(verbose: bool, quiet_lightning: bool = False) -> None:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "list":
         return _list(args.family, args.pattern)
+    if args.command == "shards":
+        from tasks.shard_writer import main as shards_main
+
+        return shards_main(args.rest)
     if args.command == "plot":
         from multimodal.plot import save_curves
 

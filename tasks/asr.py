@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tasks.asr_data import read_librispeech, read_manifest, read_speech_shards
+from tasks.asr_data import read_librispeech, read_manifest, read_speech_shards, record_from_sample, validate
 from tasks.asr_metrics import wer_report
-from tasks.base import TASKS, Layout, Task, TaskConfig
+from tasks.base import TASKS, Layout, Task, TaskConfig, shard_list
 from tasks.vqa_data import ReadStats
 
 log = logging.getLogger(__name__)
@@ -82,18 +82,40 @@ class ASRTask(Task):
 
     def _read(self, split: str) -> tuple[list[dict[str, Any]], ReadStats]:
         cfg = self.config
-        spec = cfg.files.get(split)
-        if spec is None and cfg.data == "embedded":
-            return read_speech_shards(sorted(embedded_corpus(cfg).glob(f"{split}-*.tar")), cfg.bad_records)
-        path = Path(spec or cfg.data)
+        shards = self._shards(split)
+        if shards is not None:
+            return read_speech_shards(shards, cfg.bad_records)
+        path = Path(cfg.files.get(split) or cfg.data)
         if path.suffix == ".jsonl":
             return read_manifest(path, cfg.bad_records)
-        if path.is_dir() and any(path.glob("*/*/*.trans.txt")):
-            return read_librispeech(path, cfg.bad_records)
+        return read_librispeech(path, cfg.bad_records)
+
+    def _shards(self, split: str) -> list[Path] | None:
+        """The split's shards, or None when it is a manifest or a LibriSpeech folder."""
+        cfg = self.config
+        spec = cfg.files.get(split)
+        if spec is None and cfg.data == "embedded":
+            return sorted(embedded_corpus(cfg).glob(f"{split}-*.tar"))
+        path = Path(spec or cfg.data)
+        if path.suffix == ".jsonl" or (path.is_dir() and any(path.glob("*/*/*.trans.txt"))):
+            return None
         shards = sorted(path.glob(f"{split}-*.tar")) if path.is_dir() else sorted(path.parent.glob(path.name))
         if not shards:
             raise FileNotFoundError(f"no speech data for split '{split}' at {path}")
-        return read_speech_shards(shards, cfg.bad_records)
+        return shards
+
+    # ---- streaming (multimodal/train/streaming.py)
+
+    def train_shards(self) -> list[str] | None:
+        spec = self.config.files.get("train")
+        if spec is not None and ".tar" in spec:
+            return shard_list(spec)  # URLs and brace ranges as well as local globs
+        shards = self._shards("train")
+        return None if shards is None else [str(p) for p in shards]
+
+    def layouts_from_sample(self, sample: dict[str, Any]) -> list[Layout]:
+        """The layout of one shard sample, validated as `read_speech_shards` validates it."""
+        return [self.layout(validate(record_from_sample(sample)))]
 
     def examples(self, split: str) -> Sequence[dict[str, Any]]:
         self.check_split(split)

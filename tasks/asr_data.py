@@ -132,17 +132,24 @@ def read_speech_shards(paths: list[str | Path], policy: Policy = "skip") -> tupl
         return True
 
     for sample in wds.WebDataset(urls, shardshuffle=False, handler=on_error, empty_check=False):
-        key = sample.get("__key__", "?")
-        meta: dict[str, Any] = {}
-        if "json" in sample:
-            try:
-                meta = json.loads(sample["json"])
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                meta = {}
-        text = meta.get("text")
-        if text is None and "txt" in sample:
-            text = sample["txt"].decode("utf-8", errors="replace").strip()
-        audio = next((sample[e] for e in AUDIO_EXTENSIONS if e in sample), None)
-        _keep({**meta, "id": str(meta.get("id", key)), "audio": audio, "text": text}, policy, stats, out)
+        _keep(record_from_sample(sample), policy, stats, out)
     _log(urls[0] if urls else "shards", stats)
     return out, stats
+
+
+def record_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """The record (not yet validated) of one raw WebDataset sample; used by `read_speech_shards` and by streaming."""
+    key = sample.get("__key__", "?")
+    meta: dict[str, Any] = {}
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            meta = {}
+    if not isinstance(meta, dict):
+        meta = {}
+    text = meta.get("text")
+    if text is None and "txt" in sample:
+        text = sample["txt"].decode("utf-8", errors="replace").strip()
+    audio = next((sample[e] for e in AUDIO_EXTENSIONS if e in sample), None)
+    return {**meta, "id": str(meta.get("id", key)), "audio": audio, "text": text}

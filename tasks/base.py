@@ -16,8 +16,10 @@ pad_id, see `multimodal.types.Tokenizer`), so this package depends on no tokeniz
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -117,6 +119,22 @@ class Task:
             lay = self.layout(ex)
             out += [lay.prompt, lay.answer]
         return out
+
+    # ---- streaming (multimodal/train/streaming.py reads the shards; these two hooks say which and how)
+
+    def train_shards(self) -> list[str] | None:
+        """The training split as WebDataset shard paths or URLs, or None when it is not stored as shards
+        (then training materialises `train_layouts`)."""
+        return None
+
+    def layouts_from_sample(self, sample: dict[str, Any]) -> list[Layout]:
+        """Training layouts of one raw WebDataset sample, the ones `train_layouts` gives for its record.
+
+        The sample holds ``__key__``, ``__url__``, ``__epoch__`` and the encoded members (bytes by
+        extension). A bad sample raises ValueError (BadRecord, with a ``reason``); an empty list drops
+        a sample that the task's own filters leave out.
+        """
+        raise NotImplementedError(f"task '{self.config.name}' does not stream WebDataset shards")
 
     def check_split(self, split: str) -> None:
         if split not in self.splits:
@@ -277,6 +295,23 @@ def sft_collate(
         position_ids=positions if has_padding else None,
         meta=meta,
     )
+
+
+def shard_list(spec: str | Path) -> list[str]:
+    """Shards named by `spec`: brace ranges expanded (``train-{000000..000099}.tar``), then URLs
+    (``pipe:...``, ``gs://...``, ``https://...``) kept as they are and local globs resolved, sorted."""
+    from braceexpand import braceexpand
+
+    out: list[str] = []
+    for item in braceexpand(str(spec)):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", item) or not any(c in item for c in "*?["):
+            out.append(item)
+        else:
+            path = Path(item)
+            out += sorted(str(p) for p in path.parent.glob(path.name))
+    if not out:
+        raise FileNotFoundError(f"no shards match {spec}")
+    return out
 
 
 def task_config_class(name: str) -> type[TaskConfig]:

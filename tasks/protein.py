@@ -13,7 +13,9 @@ never masked, PAPERS.md section 5):
 Data: the embedded proteome (tasks/synthetic/proteome.py: identity-split FASTA files and genomic-
 neighbour pairs), or FASTA / pair files per split, read with the validation policy of
 tasks/protein_io.py (bad letters rejected with the record and position, or mapped to X; lengths
-filtered or cropped). Evaluation is tasks/protein_eval.py.
+filtered or cropped). Training may instead stream WebDataset shards (``train_shards`` /
+``layouts_from_sample``, same policy; a random crop is drawn per sample and epoch). Evaluation is
+tasks/protein_eval.py.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,7 +33,8 @@ import numpy as np
 import torch
 
 from multimodal.types import ModalityIO, MultimodalBatch, Tokenizer
-from tasks.base import TASKS, Layout, Task, TaskConfig, expand_media
+from tasks.base import TASKS, Layout, Task, TaskConfig, expand_media, shard_list
+from tasks.vqa_data import BadRecord
 
 log = logging.getLogger(__name__)
 PROTEIN_TOKEN = "<protein>"
@@ -129,6 +133,47 @@ class _ProteinBase(Task):
     def prompt_batch(self, layouts, tokenizer, modalities=None):
         raise NotImplementedError("protein tasks decode by infilling (tasks/protein_eval.py), not from prompts")
 
+    # ---- streaming (multimodal/train/streaming.py): samples ``<key>.json`` (as tasks/synthetic/proteome.py
+    # and tasks/shard_writer.py write them) or, for sequences, ``<key>.txt`` holding the residues
+
+    shard_prefix = "proteins"
+
+    def train_shards(self) -> list[str] | None:
+        """``files.train`` when it names shards, else ``<data>/shards/<proteins|pairs>-train-*.tar`` if present."""
+        spec = self.config.files.get("train")
+        if spec is not None:
+            return shard_list(spec) if ".tar" in spec else None
+        shards = sorted((self.folder() / "shards").glob(f"{self.shard_prefix}-train-*.tar"))
+        return [str(p) for p in shards] or None
+
+    def clean(self, sample: dict[str, Any], record_id: str, raw: Any) -> str | None:
+        """`raw` cleaned by the task's sequence policy (tasks/protein_io.py); a random crop draws from
+        (seed, epoch, key), so a resumed stream crops as the uninterrupted one did."""
+        from tasks.protein_io import ReadStats, clean_sequence
+
+        if not isinstance(raw, str) or not raw.strip():
+            raise BadRecord(record_id, "no sequence")
+        key = f"{sample.get('__key__', '')}/{record_id}"
+        rng = np.random.default_rng([self.config.seed, int(sample.get("__epoch__", 0)), zlib.crc32(key.encode())])
+        return clean_sequence(record_id, raw, self.policy(), ReadStats(source=str(sample.get("__url__", ""))), rng)
+
+
+def sample_fields(sample: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object of a protein shard sample, or ``{"sequence": <txt>}``; BadRecord otherwise."""
+    key = str(sample.get("__key__", "?"))
+    try:
+        if "json" in sample:
+            fields = json.loads(sample["json"])
+        elif "txt" in sample:
+            fields = {"sequence": sample["txt"].decode()}
+        else:
+            raise BadRecord(key, "no JSON or text member")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRecord(key, "unreadable JSON or text") from None
+    if not isinstance(fields, dict):
+        raise BadRecord(key, "JSON is not an object")
+    return fields
+
 
 @TASKS.register("protein")
 class ProteinTask(_ProteinBase):
@@ -147,6 +192,14 @@ class ProteinTask(_ProteinBase):
 
     def layout(self, example: Any) -> Layout:
         return Layout(prompt="", answer=example.sequence, meta={"id": example.id})
+
+    def layouts_from_sample(self, sample: dict[str, Any]) -> list[Layout]:
+        from tasks.protein_io import ProteinRecord
+
+        fields = sample_fields(sample)
+        rid = str(fields.get("id", sample.get("__key__", "?")))
+        seq = self.clean(sample, rid, fields.get("sequence"))
+        return [] if seq is None else [self.layout(ProteinRecord(rid, str(fields.get("description", "")), seq))]
 
     def collate(self, layouts, tokenizer, modalities=None) -> MultimodalBatch:
         pre = self.prefix(tokenizer)
@@ -190,6 +243,8 @@ class ProteinTask(_ProteinBase):
 class BinderTask(_ProteinBase):
     """Target / binder pairs (genomic-neighbour pairs in the embedded data): generate the binder."""
 
+    shard_prefix = "pairs"
+
     def examples(self, split: str) -> Sequence[Any]:
         from tasks.protein_io import read_pairs
 
@@ -202,6 +257,21 @@ class BinderTask(_ProteinBase):
             log.info("%s: %d pairs (%s)", path, len(pairs), dict(stats.skipped) or "none skipped")
             self._cache[split] = pairs
         return self._cache[split]
+
+    def layouts_from_sample(self, sample: dict[str, Any]) -> list[Layout]:
+        from tasks.protein_io import ProteinPair, _parse_label
+
+        fields = sample_fields(sample)
+        key = str(sample.get("__key__", "?"))
+        label = _parse_label(str(fields.get("label", "")))
+        if label is None:
+            raise BadRecord(key, "bad_label")
+        if self.config.positives_only and label != 1:
+            return []
+        id_a, id_b = str(fields.get("id_a", f"{key}_a")), str(fields.get("id_b", f"{key}_b"))
+        a = self.clean(sample, id_a, fields.get("seq_a"))
+        b = self.clean(sample, id_b, fields.get("seq_b")) if a is not None else None
+        return [] if a is None or b is None else [self.layout(ProteinPair(a, b, label, id_a, id_b))]
 
     def layout(self, example: Any) -> Layout:
         return Layout(

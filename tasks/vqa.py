@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tasks.base import TASKS, Layout, Task, TaskConfig
-from tasks.vqa_data import IMAGE_TOKEN, ReadStats, read_llava_json, read_shards
+from tasks.base import TASKS, Layout, Task, TaskConfig, shard_list
+from tasks.vqa_data import IMAGE_TOKEN, ReadStats, read_llava_json, read_shards, record_from_sample, validate
 from tasks.vqa_metrics import vqa_report
 
 log = logging.getLogger(__name__)
@@ -148,14 +148,13 @@ class VQATask(Task):
         return Layout(prompt=question, answer=answer, meta=meta, history=history, media={"image": images})
 
     def layouts(self, split: str, turns: str, mode: str | None = None) -> list[Layout]:
-        out = []
-        for record in self.examples(split):
-            pairs = self._turns(record, mode or self.config.mode)
-            if turns == "conversation":
-                out.append(self._layout(record, len(pairs) - 1, pairs, with_history=True))
-            else:
-                out += [self._layout(record, i, pairs, self.config.history) for i in range(len(pairs))]
-        return out
+        return [lay for record in self.examples(split) for lay in self._record_layouts(record, turns, mode)]
+
+    def _record_layouts(self, record: dict[str, Any], turns: str, mode: str | None = None) -> list[Layout]:
+        pairs = self._turns(record, mode or self.config.mode)
+        if turns == "conversation":
+            return [self._layout(record, len(pairs) - 1, pairs, with_history=True)]
+        return [self._layout(record, i, pairs, self.config.history) for i in range(len(pairs))]
 
     def train_layouts(self) -> list[Layout]:
         return self.layouts("train", self.config.turns)
@@ -165,6 +164,19 @@ class VQATask(Task):
 
     def layout(self, example: dict[str, Any]) -> Layout:
         return self._layout(example, 0, self._turns(example, self.config.mode), False)
+
+    # ---- streaming (multimodal/train/streaming.py)
+
+    def train_shards(self) -> list[str] | None:
+        spec = self.config.files.get("train")
+        if spec is not None:
+            return None if spec.endswith(".json") else shard_list(spec)
+        source = self._source("train")
+        return None if isinstance(source, Path) else [str(p) for p in source]
+
+    def layouts_from_sample(self, sample: dict[str, Any]) -> list[Layout]:
+        """The `train_layouts` of one shard sample, validated as `read_shards` validates it."""
+        return self._record_layouts(validate(record_from_sample(sample)), self.config.turns)
 
     def layout_for_prompt(self, prompt: str, image: str | None = None, audio: str | None = None) -> Layout:
         if audio:

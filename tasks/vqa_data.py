@@ -146,31 +146,40 @@ def read_shards(
         return True
 
     for sample in wds.WebDataset(urls, shardshuffle=False, handler=on_error, empty_check=False):
-        key = sample.get("__key__", "?")
         try:
-            meta = json.loads(sample["json"]) if "json" in sample else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            meta = None
-        if not isinstance(meta, dict):
+            record = record_from_sample(sample)
+        except BadRecord as err:
             if policy == "fail":
-                raise BadRecord(key, "no JSON metadata")
-            stats.skipped["no JSON metadata"] += 1
+                raise
+            stats.skipped[err.reason] += 1
             continue
-        names = meta.get("image", [])
-        names = [names] if isinstance(names, str) else list(names or [])
-        members = [n.split(".", 1)[-1] if n.startswith(key) else n for n in names]
-        if not members:
-            members = [e for e in IMAGE_EXTENSIONS if e in sample][:1]
-        images = [sample.get(m.lower()) for m in members]
-        record = {
-            "id": str(meta.get("id", key)),
-            "conversations": meta.get("conversations"),
-            "images": images,
-            **{k: v for k, v in meta.items() if k not in ("id", "image", "conversations")},
-        }
         _keep(record, policy, stats, out)
     _log(urls[0] if urls else "shards", stats)
     return out, stats
+
+
+def record_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """The record (not yet validated) of one raw WebDataset sample (`read_shards`); used by `read_shards`
+    and by streaming. Raises BadRecord when the sample has no JSON object."""
+    key = sample.get("__key__", "?")
+    try:
+        meta = json.loads(sample["json"]) if "json" in sample else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise BadRecord(key, "no JSON metadata")
+    names = meta.get("image", [])
+    names = [names] if isinstance(names, str) else list(names or [])
+    members = [n.split(".", 1)[-1] if n.startswith(key) else n for n in names]
+    if not members:
+        members = [e for e in IMAGE_EXTENSIONS if e in sample][:1]
+    images = [sample.get(m.lower()) for m in members]
+    return {
+        "id": str(meta.get("id", key)),
+        "conversations": meta.get("conversations"),
+        "images": images,
+        **{k: v for k, v in meta.items() if k not in ("id", "image", "conversations")},
+    }
 
 
 def _log(source: Any, stats: ReadStats) -> None:

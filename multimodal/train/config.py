@@ -60,6 +60,13 @@ class TrainConfig:
             (checkpoints/state_XXXXXXX: weights, optimiser, scheduler, step, data position, RNG), or
             start from step 0 when there is none, so a preempted job can be requeued with the same
             command. The run's config must be unchanged (the data order and schedules depend on it).
+        streaming: read the task's training WebDataset shards as a stream (multimodal/train/streaming.py:
+            per-rank and per-worker shard splits, a shuffle buffer, resumable position) instead of
+            materialising the split.
+        shuffle_buffer: items in each DataLoader worker's shuffle buffer (streaming).
+        sample_budget: streaming: training items over all ranks, after which the stream ends (None: endless;
+            max_steps ends the run).
+        num_workers: DataLoader worker processes.
         bucket_batches: length bucketing: sort windows of this many global batches by length so a
             batch holds similar lengths (0: plain shuffling). See multimodal/train/sampler.py.
         threads: CPU threads for torch (None: leave torch's default).
@@ -101,6 +108,10 @@ class TrainConfig:
     on_nonfinite: Literal["stop", "skip"] = "stop"
     resume: bool = False
     bucket_batches: int = 0
+    streaming: bool = False
+    shuffle_buffer: int = 1000
+    sample_budget: int | None = None
+    num_workers: int = 0
     threads: int | None = None
     log_every: int = 20
     checkpoint_every: int = 0

@@ -190,6 +190,7 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
         )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    shards = _stream_shards(config)
     # the data order and the masking noise have their own seeds; this seeds whatever else draws numbers
     L.seed_everything(config.seed, workers=True, verbose=False)
     run = build_run(config)
@@ -209,7 +210,7 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
         precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
     trainer = L.Trainer(
         max_steps=cfg.max_steps,
-        max_epochs=-1,
+        max_epochs=1 if shards and cfg.sample_budget else -1,  # a budgeted stream ends once; both stream endlessly
         accelerator=cfg.accelerator,
         strategy=strategy,
         devices=cfg.devices,
@@ -234,37 +235,77 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
             *callbacks,
         ],
     )
-    layouts = run.task.train_layouts()
     state = latest_state(run.folder) if cfg.resume else None
     if state is not None:
         module.stream_start = read_position(state)
         log.info("resuming %s from %s (step %d)", config.name, state, module.stream_start[0])
     elif cfg.resume:
         log.info("no training state in %s: starting from step 0", run.folder / "checkpoints")
-    sampler = ResumableBatchSampler(
-        len(layouts),
-        cfg.batch_size,
-        config.seed,
-        start=module.stream_start[1],
-        lengths=_lengths(run, layouts) if cfg.bucket_batches else None,
-        bucket_batches=cfg.bucket_batches,
-    )
-    collate = functools.partial(run.task.collate, tokenizer=run.tokenizer, modalities=run.modalities)
-    if cfg.pack_length:
-        collate = PackedCollate(collate, cfg.pack_length, run.tokenizer.pad_id)
-    loader = torch.utils.data.DataLoader(layouts, batch_sampler=sampler, collate_fn=collate)
+    loader, examples = _train_loader(run, shards, *module.stream_start)
     if trainer.is_global_zero:  # the rank comes from torchrun's / SLURM's environment before fit
         run.folder.mkdir(parents=True, exist_ok=True)
         dump(config, run.folder / CONFIG)
         _keep_metrics_until(run.folder / "metrics.jsonl", module.stream_start[0])
     total = sum(p.numel() for p in run.model.parameters())
-    log.info("training %s: %.2fM parameters, %d training examples", config.name, total / 1e6, len(layouts))
+    log.info("training %s: %.2fM parameters, %s training examples", config.name, total / 1e6, examples)
     trainer.fit(module, loader, ckpt_path=state, weights_only=True)
     if cfg.strategy == "fsdp" and trainer.is_global_zero:  # run.model is sharded in place: read the weights back
         run = build_run(replace(config, init_from=None), run.tokenizer)
         load_weights(run.folder / "checkpoints" / "last", run.model)
     run.rank = trainer.global_rank
     return run
+
+
+def _stream_shards(config: ExperimentConfig) -> list[str] | None:
+    """The task's training shards when train.streaming is on (None: train on the materialised split)."""
+    cfg = config.train
+    if not cfg.streaming:
+        return None
+    if cfg.bucket_batches:
+        raise ConfigError("train.bucket_batches needs the whole training set; it does not combine with train.streaming")
+    shards = create_task(config.task).train_shards()
+    if not shards:
+        raise ConfigError(f"train.streaming: task '{config.task.name}' has no WebDataset shards for its training split")
+    return shards
+
+
+def _train_loader(run: Run, shards: list[str] | None, step: int, samples: int) -> tuple[Any, Any]:
+    """The training DataLoader, entering the data at (global step, samples consumed), and a count of
+    its examples for the log.
+
+    Materialised split: ResumableBatchSampler over task.train_layouts() starts at `samples`. Streaming
+    (streaming.py): the shards are read as they come and each rank skips the `step` batches it has
+    consumed (one batch per optimiser step).
+    """
+    cfg = run.config.train
+    collate = functools.partial(run.task.collate, tokenizer=run.tokenizer, modalities=run.modalities)
+    if cfg.pack_length:
+        collate = PackedCollate(collate, cfg.pack_length, run.tokenizer.pad_id)
+    workers = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
+    if shards is not None:
+        from multimodal.train.streaming import StreamingDataset, streaming_loader
+
+        dataset = StreamingDataset(
+            shards,
+            run.task.layouts_from_sample,
+            batch_size=cfg.batch_size,
+            seed=run.config.seed,
+            shuffle_buffer=cfg.shuffle_buffer,
+            sample_budget=cfg.sample_budget,
+            start_batch=step,
+            errors=getattr(run.config.task, "bad_records", "skip"),
+        )  # rank and world size are read from torch.distributed when iteration starts
+        return streaming_loader(dataset, collate_fn=collate, **workers), f"streamed from {len(shards)} shards"
+    layouts = run.task.train_layouts()
+    sampler = ResumableBatchSampler(
+        len(layouts),
+        cfg.batch_size,
+        run.config.seed,
+        start=samples,
+        lengths=_lengths(run, layouts) if cfg.bucket_batches else None,
+        bucket_batches=cfg.bucket_batches,
+    )
+    return torch.utils.data.DataLoader(layouts, batch_sampler=sampler, collate_fn=collate, **workers), len(layouts)
 
 
 def _lengths(run: Run, layouts: Sequence[Any]) -> list[int]:

@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["shards"]:  # the writer has its own parser (and its own --help)
+        from tasks.shard_writer import main as shards_main
+
+        return shards_main(argv[1:])
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose, quiet_lightning=args.command == "train")
     try:
@@ -147,10 +152,6 @@ def _setup_logging(verbose: bool, quiet_lightning: bool = False) -> None:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "list":
         return _list(args.family, args.pattern)
-    if args.command == "shards":
-        from tasks.shard_writer import main as shards_main
-
-        return shards_main(args.rest)
     if args.command == "plot":
         from multimodal.plot import save_curves
 

@@ -12,7 +12,14 @@ import json
 from pathlib import Path
 
 LOSS_KEYS = ("loss", "masked_ce", "ctc")
+# validation bookkeeping, not quality: answer priors, counts, decoding cost
+NOT_SCORES = ("prior", "examples", "nfe", "steps", "seconds", "per_second")
 PANEL_SIZE = (8.0, 3.0)  # inches per panel (width, height)
+
+
+def _is_score(key: str, values: list[float]) -> bool:
+    """A validation number worth a curve: a fraction (accuracy, WER, exact match, ...) that is not bookkeeping."""
+    return bool(values) and not any(w in key for w in NOT_SCORES) and all(0.0 <= v <= 1.5 for v in values)
 
 
 def metrics_path(path: str | Path) -> Path:
@@ -74,7 +81,7 @@ def save_curves(
     rows = read_metrics(source)
     losses = [k for k in LOSS_KEYS if _series(rows, k)[0]]
     val_keys = sorted({k for r in rows for k in r if k.startswith("val/") and k != "val/step"})
-    val_keys = [k for k in val_keys if _series(rows, k)[0]]
+    val_keys = [k for k in val_keys if _is_score(k, _series(rows, k)[1])]
     throughput = bool(_series(rows, "tok_s")[0])
     panels = [name for name, keep in (("loss", losses), ("val", val_keys), ("tok_s", throughput)) if keep]
     if not panels:
@@ -93,6 +100,9 @@ def save_curves(
             for key in val_keys:
                 ax.plot(*_series(rows, key), marker="o", label=key.removeprefix("val/"))
             ax.set_ylabel("validation")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", ncol=1 + len(val_keys) // 12)
+            ax.grid(alpha=0.3)
+            continue
         else:
             ax.plot(*_series(rows, "tok_s"), color="tab:blue", label="tokens/s")
             ax.set_ylabel("tokens / s")

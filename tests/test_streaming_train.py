@@ -81,3 +81,13 @@ def test_streaming_needs_shards_and_refuses_buckets(tmp_path):
                 "digits_reverse", [f"train.output_dir={tmp_path}", "train.streaming=true", "train.bucket_batches=4"]
             )
         )
+
+
+def test_mmdiff_shards_writes_what_training_streams(tmp_path, protein_folder):
+    from multimodal.cli import main
+
+    args = ["shards", "proteins", str(protein_folder / "train.fasta"), str(tmp_path / "shards"), "--maxcount", "5"]
+    assert main([*args, "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [f"proteins-train-{i:06d}.tar" for i in range(3)]
+    run = train(protein_stream(tmp_path, protein_folder, "run", "train.max_steps=2", "train.checkpoint_every=0"))
+    assert sorted(losses(run.folder)) == [1, 2]

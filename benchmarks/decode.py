@@ -3,15 +3,21 @@
 Two modes:
 
 * ``--preset NAME`` (random weights): speed only. Prompts of `--prompt` random tokens, `--gen` new
-  tokens; each row reports NFE, generated tokens per second and, for cached rows, the fraction of
-  generated tokens identical to the uncached run of the same policy (1.000 = identical; the exact
-  block cache under block-causal attention must be identical).
+  tokens; each row reports NFE, generated tokens per second, milliseconds per step (wall time / NFE:
+  the per-step cost, where Python and kernel launches show on a GPU) and, for cached rows, the
+  fraction of generated tokens identical to the uncached run of the same policy (1.000 = identical;
+  the exact block cache under block-causal attention must be identical).
+* ``--compile none,reduce-overhead`` (SamplerConfig.compile; ``none``, ``default``, ``reduce-overhead``)
+  adds rows per compile mode: each compiled setting first runs one untimed generation (compilation
+  and CUDA-graph recording; its seconds are the "compile s" column), then the timed ones; "= eager"
+  is the fraction of tokens identical to the eager run of the same cache.
 * ``--run RUN_DIR`` (a trained run): also the task metric on its test split (`--limit` examples),
   so the fastest setting that keeps the metric can be read off. NFE/batch is the forward passes the
   whole batch ran (its slowest row decides); steps/sample is the mean number of steps each sample
   needed (its last commit), the figure a one-sample-at-a-time decoder would see.
 
     python benchmarks/decode.py --preset llada_tiny --gen 256 --block 32 --prompt 128
+    python benchmarks/decode.py --preset llada_tiny --caches none,dual --compile none,default --threads 1
     python benchmarks/decode.py --run runs/digits_reverse --limit 256
 """
 
@@ -42,6 +48,7 @@ def sync(device: torch.device) -> None:
 
 
 def timed_generate(model, prompts, cfg, special, device, attention_mask=None, repeats=1):
+    """Best wall time of `repeats` generations (a fresh sampler and generator each) and the last output."""
     sampler = create_sampler(cfg)
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -88,31 +95,53 @@ def preset_table(args) -> None:
         f"gen {args.gen}, device {device}, torch threads {torch.get_num_threads()}"
     )
     print(
-        f"| {'policy':<14} | {'cache':<7} | {'block':>5} | {'NFE':>5} | {'tok/s':>9} | {'vs uncached':>11} | "
-        f"{'same tokens':>11} |"
+        f"| {'policy':<14} | {'cache':<7} | {'block':>5} | {'compile':<15} | {'NFE':>5} | {'tok/s':>9} | "
+        f"{'ms/step':>8} | {'vs uncached':>11} | {'same tokens':>11} | {'= eager':>7} | {'compile s':>9} |"
     )
-    print(f"|{'-' * 16}|{'-' * 9}|{'-' * 7}|{'-' * 7}|{'-' * 11}|{'-' * 13}|{'-' * 13}|")
+    print(
+        f"|{'-' * 16}|{'-' * 9}|{'-' * 7}|{'-' * 17}|{'-' * 7}|{'-' * 11}|{'-' * 10}|{'-' * 13}|{'-' * 13}"
+        f"|{'-' * 9}|{'-' * 11}|"
+    )
     for policy in args.policies.split(","):
         for block in (int(b) for b in args.blocks.split(",")):
-            base_rate, base_tokens = None, None
-            for cache in args.caches.split(","):
-                extra = {}
-                if cache == "block":
-                    extra["attention"] = "block_causal"
-                cfg_s = config_for(policy, cache, block, args.gen, args.steps, **extra)
-                out, seconds = timed_generate(model, prompts, cfg_s, special, device, repeats=args.repeats)
-                tokens = out.generated.numel()
-                rate = tokens / seconds
-                if cache == "none":
-                    base_rate, base_tokens = rate, out.generated
-                same = "(ref)" if cache == "none" else f"{(out.generated == base_tokens).float().mean():.3f}"
-                if cache == "block":  # compare with the uncached block-causal run
-                    ref_cfg = dataclasses.replace(cfg_s, cache="none")
-                    ref, _ = timed_generate(model, prompts, ref_cfg, special, device)
-                    same = f"{(out.generated == ref.generated).float().mean():.3f}"
-                ratio = f"{rate / base_rate:.2f}x" if base_rate else ""
-                cells = f"{out.nfe:>5} | {rate:>9.1f} | {ratio:>11} | {same:>11}"
-                print(f"| {policy:<14} | {cache:<7} | {block:>5} | {cells} |")
+            eager_tokens = {}
+            for mode in args.compile.split(","):
+                base_rate, base_tokens = None, None
+                for cache in args.caches.split(","):
+                    extra = {"compile": mode}
+                    if cache == "block":
+                        extra["attention"] = "block_causal"
+                    cfg_s = config_for(policy, cache, block, args.gen, args.steps, **extra)
+                    warmup = ""
+                    if mode != "none":  # compile (and record CUDA graphs) outside the timed runs
+                        _, first = timed_generate(model, prompts, cfg_s, special, device)
+                        warmup = f"{first:.1f}"
+                    out, seconds = timed_generate(model, prompts, cfg_s, special, device, repeats=args.repeats)
+                    tokens = out.generated.numel()
+                    rate = tokens / seconds
+                    if cache == "none":
+                        base_rate, base_tokens = rate, out.generated
+                    if cache == "none":
+                        same = "(ref)"
+                    elif base_tokens is not None:
+                        same = f"{(out.generated == base_tokens).float().mean():.3f}"
+                    else:
+                        same = ""
+                    if cache == "block":  # compare with the uncached block-causal run
+                        ref_cfg = dataclasses.replace(cfg_s, cache="none", compile="none")
+                        ref, _ = timed_generate(model, prompts, ref_cfg, special, device)
+                        same = f"{(out.generated == ref.generated).float().mean():.3f}"
+                    if mode == "none":
+                        eager_tokens[cache] = out.generated
+                    match = ""
+                    if mode != "none" and cache in eager_tokens:
+                        match = f"{(out.generated == eager_tokens[cache]).float().mean():.3f}"
+                    ratio = f"{rate / base_rate:.2f}x" if base_rate else ""
+                    cells = (
+                        f"{out.nfe:>5} | {rate:>9.1f} | {1000 * seconds / out.nfe:>8.2f} | {ratio:>11} | {same:>11} "
+                        f"| {match:>7} | {warmup:>9}"
+                    )
+                    print(f"| {policy:<14} | {cache:<7} | {block:>5} | {mode:<15} | {cells} |")
 
 
 def run_table(args) -> None:
@@ -126,39 +155,43 @@ def run_table(args) -> None:
         f"gen {base.gen_length}, device {run.config.device}"
     )
     print(
-        f"| {'policy':<14} | {'cache':<7} | {'block':>5} | {'NFE/batch':>9} | {'steps/sample':>12} | {'tok/s':>9} "
-        "| metric |"
+        f"| {'policy':<14} | {'cache':<7} | {'block':>5} | {'compile':<15} | {'NFE/batch':>9} | {'steps/sample':>12} "
+        f"| {'tok/s':>9} | metric |"
     )
-    print(f"|{'-' * 16}|{'-' * 9}|{'-' * 7}|{'-' * 11}|{'-' * 14}|{'-' * 11}|--------|")
+    print(f"|{'-' * 16}|{'-' * 9}|{'-' * 7}|{'-' * 17}|{'-' * 11}|{'-' * 14}|{'-' * 11}|--------|")
     for policy in args.policies.split(","):
         for block in (int(b) for b in args.blocks.split(",")):
             if base.gen_length % block:
                 continue
-            for cache in args.caches.split(","):
-                if cache == "block":
-                    continue
-                name, knobs = POLICIES[policy]
-                fields = {
-                    k: v
-                    for k, v in dataclasses.asdict(base).items()
-                    if k in {"temperature", "cfg_scale", "forbid_eos", "eos_lowest_confidence", "stop_at_eos"}
-                }
-                run.config.sampler = sampler_config_class(name)(
-                    name=name,
-                    steps=base.gen_length,
-                    gen_length=base.gen_length,
-                    block_length=block,
-                    cache=cache,
-                    **knobs,
-                    **fields,
-                )
-                m = evaluate(run, "test", args.limit, batch_size=args.limit, write=False)  # the run keeps its own eval
-                metric_name = next(k for k in m if isinstance(m[k], float) and k not in ("decode_seconds",))
-                cells = (
-                    f"{m['nfe']:>9} | {m['steps_per_sample']:>12.2f} | {m['canvas_tokens_per_second']:>9.1f} "
-                    f"| {metric_name} {m[metric_name]:.3f}"
-                )
-                print(f"| {policy:<14} | {cache:<7} | {block:>5} | {cells} |")
+            for mode in args.compile.split(","):
+                for cache in args.caches.split(","):
+                    if cache == "block":
+                        continue
+                    name, knobs = POLICIES[policy]
+                    fields = {
+                        k: v
+                        for k, v in dataclasses.asdict(base).items()
+                        if k in {"temperature", "cfg_scale", "forbid_eos", "eos_lowest_confidence", "stop_at_eos"}
+                    }
+                    run.config.sampler = sampler_config_class(name)(
+                        name=name,
+                        steps=base.gen_length,
+                        gen_length=base.gen_length,
+                        block_length=block,
+                        cache=cache,
+                        compile=mode,
+                        **knobs,
+                        **fields,
+                    )
+                    if mode != "none":  # compile outside the measured evaluation
+                        evaluate(run, "test", args.limit, batch_size=args.limit, write=False)
+                    m = evaluate(run, "test", args.limit, batch_size=args.limit, write=False)  # the run keeps its eval
+                    metric_name = next(k for k in m if isinstance(m[k], float) and k not in ("decode_seconds",))
+                    cells = (
+                        f"{m['nfe']:>9} | {m['steps_per_sample']:>12.2f} | {m['canvas_tokens_per_second']:>9.1f} "
+                        f"| {metric_name} {m[metric_name]:.3f}"
+                    )
+                    print(f"| {policy:<14} | {cache:<7} | {block:>5} | {mode:<15} | {cells} |")
     run.config.sampler = base
 
 
@@ -179,6 +212,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--limit", type=int, default=256)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--compile",
+        default="none",
+        help="comma-separated SamplerConfig.compile modes to compare: none, default, reduce-overhead",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

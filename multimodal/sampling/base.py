@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 
 from multimodal.registry import new_registry
+from multimodal.sampling.compiled import COMPILE_MODES
 
 SAMPLERS = new_registry("sampler", "sampler")
 
@@ -49,6 +50,11 @@ class SamplerConfig:
         refresh_every: with the delayed cache, a full forward refreshes the cache every this many steps.
         attention: ``full`` (bidirectional, LLaDA) or ``block_causal`` (a position sees the prompt,
             earlier blocks and its own block).
+        compile: run the step's model call through ``torch.compile``: ``none`` (eager), ``default``
+            (Inductor kernels) or ``reduce-overhead`` (the same replayed as CUDA graphs on CUDA; the KV
+            cache is kept per model for the next generation, one generation at a time). The first
+            generation compiles (tens of seconds), as does the first with a new prompt width or batch
+            size (once: sizes then become symbolic). See compiled.py.
     """
 
     name: str = "low_confidence"
@@ -63,6 +69,7 @@ class SamplerConfig:
     cache: Literal["none", "prefix", "dual", "block", "delayed"] = "none"
     attention: Literal["full", "block_causal"] = "full"
     refresh_every: int = 8
+    compile: Literal["none", "default", "reduce-overhead"] = "none"
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.gen_length <= 0 or self.block_length <= 0:
@@ -75,6 +82,8 @@ class SamplerConfig:
             raise SamplerError(f"refresh_every must be positive, got {self.refresh_every}")
         if self.attention not in ("full", "block_causal"):
             raise SamplerError(f"unknown attention '{self.attention}' (full, block_causal)")
+        if self.compile not in COMPILE_MODES:
+            raise SamplerError(f"unknown compile mode '{self.compile}' ({', '.join(COMPILE_MODES)})")
         if self.cache == "block" and self.attention != "block_causal":
             raise SamplerError("cache 'block' is exact only with attention 'block_causal'; use prefix or dual")
 

@@ -15,7 +15,27 @@ reference, this loop handles:
 * the output head applied only to the current block's positions;
 * a per-step callback and the step at which each token was committed (to draw the denoising order).
 
-A fixed-schedule policy without EOS stop runs a block without any host synchronisation.
+Host synchronisations (the GPU must finish before Python can read a value; each one drains the
+launch queue, so the loop keeps them to what a stop condition needs):
+
+* per generation, before the loop: the check that prompts hold no mask token and whether the
+  attention mask has padding (forward.py);
+* per step, only for adaptive policies (threshold, factor, entropy_bounded, first_hitting: the loop
+  runs until the block is filled) or with ``stop_at_eos`` (a committed EOS fills the block early and
+  the block's remaining steps are skipped): one ``.item()`` at the top of steps 1.. of a block; it
+  decides whether another forward runs, so it cannot be deferred without running (and counting) a
+  forward that commits nothing;
+* per block, only with ``stop_at_eos`` or in `infill` (a block may already be complete): one ``int``
+  that says whether this block has masks and whether any later block has (skip the block, or stop:
+  the all-committed early exit). `generate` without EOS stop needs none: its blocks start fully masked;
+* per block, the ``dsm`` policy's step count (masks // step_divisor) and, per refresh cycle, the
+  ``delayed`` cache's recomputed width (forward.py), both sizes that decide shapes.
+
+So a fixed-schedule policy without EOS stop (low_confidence, random, dilated) runs the whole
+generation without a synchronisation. Commits, EOS fill and commit steps are written with
+``torch.where`` / ``masked_fill_`` (no boolean-mask indexing, whose result size is data-dependent).
+The model call sees the same shapes at every step of a block (forward.py) and can be compiled
+(``SamplerConfig.compile``, compiled.py).
 
 The model is any callable ``model(input_ids, attention_mask=, position_ids=, return_logits=False,
 **model_kwargs)`` returning hidden states, with a ``head`` method (the backbone and the multimodal
@@ -80,50 +100,60 @@ def _denoise(
     generator: torch.Generator | None,
     callback: Callable[[StepInfo], None] | None,
     model_kwargs: dict[str, Any],
+    blocks_start_masked: bool = False,
 ) -> SampleOutput:
-    """Decode the masked positions of x[:, region] block by block (shared by generate and infill)."""
+    """Decode the masked positions of x[:, region] block by block (shared by generate and infill).
+
+    `blocks_start_masked`: every block is all masks when the loop reaches it unless an EOS stop fills it
+    (generate), so the per-block check can be skipped.
+    """
     cfg = sampler.config
     mask_id = special.mask_id
     forward = CanvasForward(model, x, attention_mask, conditioned, blocks, cfg, special, model_kwargs)
     r0, r1 = region
     commit_step = torch.where(x[:, r0:r1] == mask_id, -2, -1).to(x.device)  # -1: given, -2: not yet committed
-    # Fixed-schedule policies need no host synchronisation inside a block; adaptive ones and EOS stops do.
-    check_done = sampler.adaptive or cfg.stop_at_eos
+    eos_stop = cfg.stop_at_eos and special.eos_id is not None
+    # Host synchronisations (module docstring): per step only when a stop condition needs it, per block only
+    # when a block may start without masks (or complete).
+    check_steps = sampler.adaptive or cfg.stop_at_eos
+    check_blocks = eos_stop or not blocks_start_masked
     for b, (s, e) in enumerate(blocks):
-        masked = x[:, s:e] == mask_id
-        if not bool(masked.any()):
-            continue
+        masked = x[:, s:e] == mask_id  # (B, Lb)
+        if check_blocks:  # one sync: 2 * (this block has masks) + (a later block has masks)
+            state = int(2 * masked.any() + (x[:, e:r1] == mask_id).any())
+            if state == 0:  # earlier blocks are complete: the whole region is decoded
+                break
+            if state == 1:  # nothing to do in this block
+                continue
         n_steps = sampler.steps_for(masked.sum(-1), e - s, steps_per_block)
         quota = sampler.quota(masked.sum(-1), n_steps)  # (B, n_steps)
         for i in range(n_steps):
-            masked = x[:, s:e] == mask_id
-            if check_done and i and not bool(masked.any()):
-                break
+            if i:
+                masked = x[:, s:e] == mask_id
+                if check_steps and not masked.any().item():  # the block is filled: stop early
+                    break
             logits = forward.logits(b, i)
             x0, commit = sampler.step(logits, masked, quota[:, i], special, generator, step=i)
             x[:, s:e] = torch.where(commit, x0, x[:, s:e])
             committed = torch.zeros_like(x, dtype=torch.bool)
             committed[:, s:e] = commit
-            if cfg.stop_at_eos and special.eos_id is not None:
+            if eos_stop:
                 committed |= _fill_after_eos(x, r0, r1, special.eos_id, mask_id)
-            commit_step[committed[:, r0:r1]] = forward.nfe - 1
+            commit_step.masked_fill_(committed[:, r0:r1], forward.nfe - 1)
             if callback is not None:
                 callback(StepInfo(nfe=forward.nfe, block=b, step=i, x=x, committed=committed, region=region))
-        if check_done and not bool((x[:, r0:r1] == mask_id).any()):
-            break
     return SampleOutput(sequences=x, generated=x[:, r0:r1], commit_step=commit_step, nfe=forward.nfe)
 
 
 def _fill_after_eos(x: torch.Tensor, r0: int, r1: int, eos_id: int, mask_id: int) -> torch.Tensor:
-    """Turn every mask after the first committed EOS of each row into EOS; return what changed."""
-    region = x[:, r0:r1]
+    """Turn every mask after the first committed EOS of each row into EOS; return what changed (B, L)."""
+    region = x[:, r0:r1]  # a view: filled in place
     is_eos = region == eos_id
     after = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
     fill = after & (region == mask_id)
+    region.masked_fill_(fill, eos_id)
     changed = torch.zeros_like(x, dtype=torch.bool)
-    if bool(fill.any()):
-        region[fill] = eos_id
-        changed[:, r0:r1] = fill
+    changed[:, r0:r1] = fill
     return changed
 
 
@@ -197,6 +227,7 @@ def generate(
         generator,
         callback,
         model_kwargs,
+        blocks_start_masked=True,
     )
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from encoders.audio_io import SAMPLE_RATE, WINDOW_SECONDS, load_audio, log_mel
 from encoders.base import ENCODERS, EncoderSpec, ModalityEncoder, SequenceFeatures, TokenCount
 from encoders.spec_augment import SpecAugment
+from encoders.vtlp import VTLP
 from encoders.weights import load_into, load_state_dict
 
 
@@ -126,9 +127,11 @@ class ConvSpeechEncoder(SpeechTower):
         dropout: float = 0.0,
         spec_augment: dict[str, Any] | None = None,
         preprocess: dict[str, Any] | None = None,
+        vtlp: dict[str, Any] | None = None,
     ):
         super().__init__(EncoderSpec(None, {"n_mels": n_mels, "pad_seconds": None, **(preprocess or {})}), width)
         self.spec_augment = SpecAugment(**spec_augment) if spec_augment is not None else None
+        self.vtlp = VTLP(**vtlp) if vtlp is not None else None
         self.subsample = nn.Sequential(
             nn.Conv1d(n_mels, width, 3, stride=2, padding=1),
             nn.GELU(),
@@ -159,6 +162,8 @@ class ConvSpeechEncoder(SpeechTower):
 
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> SequenceFeatures:
         features, frames = split_validity(inputs)
+        if self.training and self.vtlp is not None:
+            features = self.vtlp(features, frames)
         if self.training and self.spec_augment is not None:
             features = self.spec_augment(features, frames)
         x = self.subsample(features).transpose(1, 2)  # (B, T/4, C)
@@ -216,10 +221,12 @@ def conv_speech(
     dropout: float = 0.0,
     spec_augment: dict[str, Any] | None = None,
     preprocess: dict[str, Any] | None = None,
+    vtlp: dict[str, Any] | None = None,
 ) -> ConvSpeechEncoder:
-    """The from-scratch speech encoder (optionally with a CTC head over `ctc_vocab` classes and
-    SpecAugment masking in training: `spec_augment` holds SpecAugment fields, {} for the defaults)."""
-    return ConvSpeechEncoder(width, layers, heads, n_mels, ctc_vocab, dropout, spec_augment, preprocess)
+    """The from-scratch speech encoder (optionally with a CTC head over `ctc_vocab` classes, and in
+    training SpecAugment masking and VTLP frequency warping: `spec_augment` / `vtlp` hold the fields of
+    SpecAugment / VTLP, {} for the defaults)."""
+    return ConvSpeechEncoder(width, layers, heads, n_mels, ctc_vocab, dropout, spec_augment, preprocess, vtlp)
 
 
 __all__ = ["SAMPLE_RATE", "ConvSpeechEncoder", "WhisperTower"]

@@ -57,15 +57,16 @@ def test_sigkill_then_resume_follows_the_uninterrupted_curve(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "multimodal.cli", *argv], cwd=ROOT, env=env)
     folder = killed / "digits_reverse"
     deadline = time.monotonic() + 120
-    while latest_state(folder) is None or read_position(latest_state(folder))[0] < 6:
+    while latest_state(folder) is None or read_position(latest_state(folder))["global_step"] < 6:
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline, "no training state at step 6 within 120 s"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     state = latest_state(folder)
-    step, samples = read_position(state)
-    assert step < 12 and samples == step * 4
+    position = read_position(state)
+    step = position["global_step"]
+    assert step < 12 and position["samples"] == step * 4 and (position["batch_size"], position["world_size"]) == (4, 1)
 
     resumed = train(load_experiment("digits_reverse", settings(killed, "train.resume=true")))
     curve = losses(resumed.folder)
@@ -86,7 +87,8 @@ def test_training_state_holds_optimizer_scheduler_position_and_rng(tmp_path):
     assert state is not None and state.name == "state_0000003"
     checkpoint = torch.load(state / STATE_FILE, weights_only=True)  # plain tensors and numbers only
     assert checkpoint["global_step"] == 3
-    assert checkpoint["data_position"] == {"samples": 12, "step": 3}
+    assert checkpoint["data_position"] == {"samples": 12, "step": 3, "batch_size": 4, "world_size": 1}
+    assert read_position(state) == {"global_step": 3, **checkpoint["data_position"]}
     adam = checkpoint["optimizer_states"][0]["state"]
     assert adam and all(int(s["step"]) == 3 for s in adam.values())
     assert checkpoint["lr_schedulers"][0]["last_epoch"] == 3

@@ -63,7 +63,9 @@ def test_streamed_run_resumes_exactly_after_a_crash(tmp_path, protein_folder):
     with pytest.raises(Crashed):
         train(config, callbacks=[Crash(step=5)])
     folder = tmp_path / "crashed" / "protein_dsm"
-    assert read_position(latest_state(folder))[0] == 3
+    assert read_position(latest_state(folder))["global_step"] == 3
+    with pytest.raises(ConfigError, match="read the stream with batch_size 3 on 1 processes"):
+        train(protein_stream(tmp_path, protein_folder, "crashed", "train.resume=true", "train.batch_size=2"))
     resumed = train(protein_stream(tmp_path, protein_folder, "crashed", "train.resume=true"))
     curve = losses(resumed.folder)
     assert sorted(curve) == list(range(1, 9))

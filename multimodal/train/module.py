@@ -80,7 +80,12 @@ class DiffusionModule(L.LightningModule):
         return samples + (self.global_step - step) * self.train_cfg.batch_size * self.trainer.world_size
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["data_position"] = {"samples": self.samples_consumed(), "step": self.global_step}
+        checkpoint["data_position"] = {
+            "samples": self.samples_consumed(),
+            "step": self.global_step,
+            "batch_size": self.train_cfg.batch_size,
+            "world_size": self.trainer.world_size,
+        }
         checkpoint["rng"] = rng_states()
         checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
 

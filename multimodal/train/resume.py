@@ -7,6 +7,8 @@ A training state is a folder ``checkpoints/state_XXXXXXX`` (the step) holding
                         the loops' progress (global step), callback states, plus our data position
                         (samples of the training stream consumed) and the RNG states; plain tensors,
                         numbers and strings only, read back with ``torch.load(weights_only=True)``
+    position.json       the step and data position alone, so resuming can place the data stream
+                        without loading the optimiser state twice
 
 Under FSDP (run.py) a training state is sharded instead: Lightning writes each rank's shards with
 torch.distributed.checkpoint and everything else to ``meta.pt`` (``SHARDED_STATE_FILE``), never
@@ -23,6 +25,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -39,6 +42,7 @@ from multimodal.checkpoint import read_weights, write_weights
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
+POSITION_FILE = "position.json"
 SHARDED_STATE_FILE = "meta.pt"  # Lightning's FSDP sharded checkpoints
 WEIGHTS_FILE = "model.safetensors"
 _STATE = re.compile(r"state_(\d{7})")
@@ -60,7 +64,9 @@ class StateCheckpointIO(CheckpointIO):
         folder.mkdir(parents=True, exist_ok=True)
         rest = dict(checkpoint)
         write_weights(folder / WEIGHTS_FILE, rest.pop("state_dict"))
-        torch.save(rest, folder / STATE_FILE)
+        position = {"global_step": rest["global_step"], **rest.get("data_position", {})}
+        (folder / POSITION_FILE).write_text(json.dumps(position))
+        torch.save(rest, folder / STATE_FILE)  # last: its presence marks the folder complete
 
     def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict:
         folder = Path(path)
@@ -92,10 +98,14 @@ def _state_file(state: Path) -> Path:
     return sharded if sharded.is_file() else state / STATE_FILE
 
 
-def read_position(state: Path) -> tuple[int, int]:
-    """(global step, samples of the training stream consumed) stored in a training state."""
-    checkpoint = torch.load(_state_file(Path(state)), map_location="cpu", weights_only=True)
-    return int(checkpoint["global_step"]), int(checkpoint["data_position"]["samples"])
+def read_position(state: Path) -> dict[str, int]:
+    """A training state's global step and data position: ``global_step``, ``samples`` (of the training
+    stream, all ranks together), ``step``, ``batch_size`` (per process) and ``world_size``."""
+    file = Path(state) / POSITION_FILE
+    if file.is_file():
+        return json.loads(file.read_text())
+    checkpoint = torch.load(_state_file(Path(state)), map_location="cpu", weights_only=True)  # sharded states
+    return {"global_step": checkpoint["global_step"], **checkpoint["data_position"]}
 
 
 def rng_states() -> dict[str, Any]:

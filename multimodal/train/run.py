@@ -237,7 +237,15 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     )
     state = latest_state(run.folder) if cfg.resume else None
     if state is not None:
-        module.stream_start = read_position(state)
+        position = read_position(state)
+        read_with = (position.get("batch_size"), position.get("world_size"))
+        if shards is not None and read_with != (cfg.batch_size, trainer.world_size):
+            raise ConfigError(
+                f"train.resume: {state} read the stream with batch_size {read_with[0]} on {read_with[1]} "
+                f"processes, this run uses {cfg.batch_size} on {trainer.world_size}; a streamed run resumes "
+                "exactly only with the same batch size and number of processes"
+            )
+        module.stream_start = (position["global_step"], position["samples"])
         log.info("resuming %s from %s (step %d)", config.name, state, module.stream_start[0])
     elif cfg.resume:
         log.info("no training state in %s: starting from step 0", run.folder / "checkpoints")

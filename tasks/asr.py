@@ -135,6 +135,8 @@ class ASRTask(Task):
             "held_out_voice": bool(example.get("held_out_voice", False)),
             "duration_s": float(example.get("duration_s", 0.0)),
         }
+        if example.get("voice"):
+            meta["voice"] = str(example["voice"])
         return Layout(prompt=self.prompt_text(), answer=example["text"], meta=meta, media={"audio": [example["audio"]]})
 
     def layout_for_prompt(self, prompt: str, image: str | None = None, audio: str | None = None) -> Layout:
@@ -159,6 +161,12 @@ class ASRTask(Task):
             if rows and len(rows) < len(layouts):
                 sub = wer_report([predictions[i] for i in rows], [layouts[i].answer for i in rows])
                 out[f"wer/{name}"], out[f"n/{name}"] = sub["wer"], len(rows)
+        # each held-out voice apart: one unseen accent can be much harder than another
+        held_out = sorted({lay.meta["voice"] for lay in layouts if lay.meta.get("held_out_voice") and "voice" in lay.meta})
+        for voice in held_out if len(held_out) > 1 else ():
+            rows = [i for i, lay in enumerate(layouts) if lay.meta.get("voice") == voice]
+            sub = wer_report([predictions[i] for i in rows], [layouts[i].answer for i in rows])
+            out[f"wer/held_out_voice/{voice}"], out[f"n/held_out_voice/{voice}"] = sub["wer"], len(rows)
         audio_seconds = sum(lay.meta.get("duration_s", 0.0) for lay in layouts)
         if audio_seconds:
             out["audio_seconds"] = round(audio_seconds, 2)

@@ -217,3 +217,19 @@ def test_spec_augment_masks_inside_real_frames_in_training_only():
     a = enc(x).hidden_states[0]
     torch.manual_seed(1)
     assert not torch.equal(a, enc(x).hidden_states[0])
+
+
+def test_wer_is_reported_for_each_held_out_voice():
+    from tasks.asr import ASRConfig, ASRTask
+
+    task = ASRTask(ASRConfig())
+    examples = [
+        {"id": "a", "text": "turn on", "voice": "en-us", "held_out_voice": False, "audio": "a.flac"},
+        {"id": "b", "text": "the light", "voice": "en-us-nyc+m5", "held_out_voice": True, "audio": "b.flac"},
+        {"id": "c", "text": "open door", "voice": "en-gb-x-gbcwmd+f5", "held_out_voice": True, "audio": "c.flac"},
+    ]
+    layouts = [task.layout(e) for e in examples]
+    out = task.metrics(["turn on", "the light", "open window"], layouts)
+    assert out["wer"] == 1 / 6 and out["wer/seen_voice"] == 0.0 and out["wer/held_out_voice"] == 1 / 4
+    assert out["wer/held_out_voice/en-us-nyc+m5"] == 0.0 and out["wer/held_out_voice/en-gb-x-gbcwmd+f5"] == 0.5
+    assert "wer/held_out_voice/en-us" not in out and out["n/held_out_voice/en-us-nyc+m5"] == 1

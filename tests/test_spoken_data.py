@@ -107,9 +107,22 @@ def test_default_plan_has_disjoint_splits_and_test_only_held_out_voices():
     assert [u.text for u in plan_corpus(replace(cfg, seed=1))] != [u.text for u in plan]
 
 
+def test_variants_pair_accents_with_variants_for_seen_voices_only():
+    cfg = SpokenConfig(voices=("en-us", "en-gb-scotland"), variants=("m3", "f2", "Annie"))
+    plan = plan_corpus(cfg)
+    seen = [u for u in plan if not u.held_out_voice]
+    assert {u.voice for u in seen} == {f"{a}+{v}" for a in cfg.voices for v in cfg.variants}  # every pairing occurs
+    assert {u.voice for u in plan if u.held_out_voice} == set(cfg.held_out_voices)
+    assert synthesise("two", seen[0].voice).size > 0  # eSpeak knows the combined name
+
+
 def test_config_errors_name_the_bad_value():
-    with pytest.raises(ValueError, match="held-out voices also in voices: \\['en-us'\\]"):
+    with pytest.raises(ValueError, match="held-out voices also seen: \\['en-us'\\]"):
         SpokenConfig(held_out_voices=("en-us",))
+    with pytest.raises(ValueError, match="held-out voices also seen: \\['en\\+f5'\\]"):
+        SpokenConfig(voices=("en", "en-us"), variants=("m3", "f5"), held_out_voices=("en+f5",))
+    with pytest.raises(ValueError, match="voices name accents only"):
+        SpokenConfig(voices=("en+m1",), variants=("m3",))
     with pytest.raises(ValueError, match="rate_range"):
         SpokenConfig(rate_range=(200, 100))
     with pytest.raises(ValueError, match="test_size must be >= 0, got -1"):

@@ -400,6 +400,9 @@ class SpokenConfig:
         train_size, validation_size, test_size: utterances per split; all texts are distinct across the corpus.
         held_out_fraction: share of the test split read by ``held_out_voices`` (the rest by ``voices``).
         voices: eSpeak voices of all splits.
+        variants: eSpeak variants (``m3``, ``f2``, ``Annie``, ``klatt2``, ...); when given, ``voices`` name accents only
+            and every seen-voice utterance pairs an accent drawn from ``voices`` with a variant drawn from
+            ``variants``: many more speakers for the same number of utterances.
         held_out_voices: voices heard only in the test split.
         rate_range: inclusive speed range in words per minute.
         pitch_range: inclusive eSpeak pitch range (0..99, 50 = the voice's own).
@@ -423,6 +426,7 @@ class SpokenConfig:
         "en-gb-scotland+m4",
         "en-gb-scotland+f4",
     )
+    variants: tuple[str, ...] = ()
     held_out_voices: tuple[str, ...] = ("en-gb-x-gbcwmd+f5", "en-us-nyc+m5")
     rate_range: tuple[int, int] = (140, 200)
     pitch_range: tuple[int, int] = (35, 65)
@@ -432,13 +436,16 @@ class SpokenConfig:
 
     def __post_init__(self) -> None:
         self.voices, self.held_out_voices = tuple(self.voices), tuple(self.held_out_voices)
+        self.variants = tuple(self.variants)
         for name in ("train_size", "validation_size", "test_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.voices:
             raise ValueError("voices must name at least one eSpeak voice")
-        if set(self.voices) & set(self.held_out_voices):
-            raise ValueError(f"held-out voices also in voices: {sorted(set(self.voices) & set(self.held_out_voices))}")
+        if set(self.seen_voices()) & set(self.held_out_voices):
+            raise ValueError(f"held-out voices also seen: {sorted(set(self.seen_voices()) & set(self.held_out_voices))}")
+        if self.variants and any("+" in v for v in self.voices):
+            raise ValueError(f"with variants, voices name accents only (no '+variant'), got {list(self.voices)}")
         if not 0.0 <= self.held_out_fraction <= 1.0 or (self.held_out_fraction > 0 and not self.held_out_voices):
             raise ValueError(f"held_out_fraction {self.held_out_fraction} needs 0..1 and held_out_voices when > 0")
         for name, lo, hi in (("rate_range", 80, 450), ("pitch_range", 0, 99), ("snr_db_range", -20, 100)):
@@ -447,6 +454,10 @@ class SpokenConfig:
                 raise ValueError(f"{name} must satisfy {lo} <= low <= high <= {hi}, got {(a, b)}")
         if self.sample_rate <= 0 or self.shard_size <= 0:
             raise ValueError(f"sample_rate and shard_size must be positive, got {self.sample_rate}, {self.shard_size}")
+
+    def seen_voices(self) -> tuple[str, ...]:
+        """Every voice that may read a training, validation or seen-voice test utterance."""
+        return tuple(f"{a}+{v}" for a in self.voices for v in self.variants) if self.variants else self.voices
 
 
 @dataclass(frozen=True)
@@ -475,13 +486,12 @@ def plan_corpus(cfg: SpokenConfig) -> list[Utterance]:
         if split == "test":
             held_out[rng.permutation(sizes[split])[: round(cfg.held_out_fraction * sizes[split])]] = True
         for i in range(sizes[split]):
-            voices = cfg.held_out_voices if held_out[i] else cfg.voices
             plan.append(
                 Utterance(
                     id=f"{split}_{i:06d}",
                     split=split,
                     text=next(texts),
-                    voice=_pick(rng, voices),
+                    voice=_voice(rng, cfg, bool(held_out[i])),
                     rate=int(rng.integers(cfg.rate_range[0], cfg.rate_range[1] + 1)),
                     pitch=int(rng.integers(cfg.pitch_range[0], cfg.pitch_range[1] + 1)),
                     snr_db=round(float(rng.uniform(*cfg.snr_db_range)), 2),
@@ -490,6 +500,14 @@ def plan_corpus(cfg: SpokenConfig) -> list[Utterance]:
                 )
             )
     return plan
+
+
+def _voice(rng: np.random.Generator, cfg: SpokenConfig, held_out: bool) -> str:
+    if held_out:
+        return _pick(rng, cfg.held_out_voices)
+    if cfg.variants:  # accent and variant drawn independently
+        return f"{_pick(rng, cfg.voices)}+{_pick(rng, cfg.variants)}"
+    return _pick(rng, cfg.voices)
 
 
 def _render(job: tuple[Utterance, int]) -> tuple[bytes, bytes, float]:

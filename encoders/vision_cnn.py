@@ -3,8 +3,8 @@
 Pretrained ViTs are the real-data choice (vision.py); a from-scratch tower on a laptop needs a
 stronger inductive bias to learn in minutes. This one: two coordinate channels (x, y in [-1, 1])
 appended to the RGB input, so every feature knows where it is (CoordConv), then strided 3x3
-convolutions with GroupNorm and GELU, then an optional `pool` x `pool` max-pool, and a learned
-position embedding per output cell. Output: (B, grid^2, width) tokens for the projector.
+convolutions with GroupNorm and GELU (optionally `depth` - 1 residual stride-1 ones after each),
+then an optional `pool` x `pool` max-pool, and a learned position embedding per output cell. Output: (B, grid^2, width) tokens for the projector.
 
 Why the max-pool: a small object covers a few cells of a mostly empty image, so any averaging
 read-out (the backbone's attention starts out uniform) sees its features diluted and the tower
@@ -30,6 +30,17 @@ def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1), nn.GroupNorm(8, c_out), nn.GELU())
 
 
+class _Residual(nn.Module):
+    """x + conv-norm-GELU(x): a stride-1 block that widens the receptive field by 2 cells."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.block = _block(width, width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
 class ConvTower(VisionTower):
     """CoordConv stem + strided conv stages (+ max-pool) -> grid tokens."""
 
@@ -40,8 +51,11 @@ class ConvTower(VisionTower):
         stem_width: int = 32,
         pool: int = 1,
         preprocess: dict[str, Any] | None = None,
+        depth: int = 1,
     ):
         stages = len(widths)
+        if depth < 1:
+            raise ValueError(f"depth (convolutions per stage) must be at least 1, got {depth}")
         if pool < 1 or image_size % (2**stages * pool):
             raise ValueError(f"image_size {image_size} must be divisible by 2^{stages} x pool {pool}")
         settings = {
@@ -59,6 +73,7 @@ class ConvTower(VisionTower):
         c = stem_width
         for w in widths:
             layers.append(_block(c, w, 2))
+            layers += [_Residual(w) for _ in range(depth - 1)]
             c = w
         self.body = nn.Sequential(*layers)
         self.pos = nn.Parameter(torch.zeros(1, self.grid * self.grid, widths[-1]))
@@ -85,9 +100,13 @@ def conv_small(
     stem_width: int = 32,
     pool: int = 2,
     preprocess: dict[str, Any] | None = None,
+    depth: int = 1,
 ) -> ConvTower:
-    """About 0.1M parameters; by default 64 px -> three stride-2 stages -> 8 x 8 -> max-pool -> 16 tokens of 128."""
-    return ConvTower(image_size, tuple(widths), stem_width, pool, preprocess)
+    """About 0.1M parameters; by default 64 px -> three stride-2 stages -> 8 x 8 -> max-pool -> 16 tokens of 128.
+
+    ``depth`` > 1 adds residual stride-1 convolutions to every stage (a larger receptive field per cell).
+    """
+    return ConvTower(image_size, tuple(widths), stem_width, pool, preprocess, depth)
 
 
 @ENCODERS.register("conv_tiny")

@@ -179,3 +179,16 @@ def test_cli_answers_a_question_about_an_image_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "What colour is the circle? -> " in out and "denoising order" in out
     assert main(["sample", "--run", str(tmp_path / "shapes_vqa"), "--prompt", "hi"]) == 2
+
+
+def test_conv_tower_depth_adds_residual_stride_one_convolutions():
+    import torch
+
+    shallow, deep = create_encoder("conv_small"), create_encoder("conv_small", depth=2)
+    convs = [[m for m in t.modules() if isinstance(m, torch.nn.Conv2d)] for t in (shallow, deep)]
+    assert len(convs[0]) == 4 and len(convs[1]) == 7  # stem + 3 strided, then one stride-1 conv per stage
+    assert sorted({c.stride for c in convs[1]}) == [(1, 1), (2, 2)]
+    images = torch.randn(2, 3, 64, 64)
+    assert shallow(images).shape == deep(images).shape == (2, 16, 128)
+    with pytest.raises(ValueError, match="depth"):
+        create_encoder("conv_small", depth=0)

@@ -4,7 +4,8 @@ Pretrained ViTs are the real-data choice (vision.py); a from-scratch tower on a 
 stronger inductive bias to learn in minutes. This one: two coordinate channels (x, y in [-1, 1])
 appended to the RGB input, so every feature knows where it is (CoordConv), then strided 3x3
 convolutions with GroupNorm and GELU (optionally `depth` - 1 residual stride-1 ones after each),
-then an optional `pool` x `pool` max-pool, and a learned position embedding per output cell. Output: (B, grid^2, width) tokens for the projector.
+then an optional `pool` x `pool` max-pool, and a learned position embedding per output cell.
+Output: (B, grid^2, width) tokens for the projector.
 
 Why the max-pool: a small object covers a few cells of a mostly empty image, so any averaging
 read-out (the backbone's attention starts out uniform) sees its features diluted and the tower

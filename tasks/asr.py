@@ -162,7 +162,7 @@ class ASRTask(Task):
                 sub = wer_report([predictions[i] for i in rows], [layouts[i].answer for i in rows])
                 out[f"wer/{name}"], out[f"n/{name}"] = sub["wer"], len(rows)
         # each held-out voice apart: one unseen accent can be much harder than another
-        held_out = sorted({lay.meta["voice"] for lay in layouts if lay.meta.get("held_out_voice") and "voice" in lay.meta})
+        held_out = sorted({lay.meta.get("voice") for lay in layouts if lay.meta.get("held_out_voice")} - {None})
         for voice in held_out if len(held_out) > 1 else ():
             rows = [i for i, lay in enumerate(layouts) if lay.meta.get("voice") == voice]
             sub = wer_report([predictions[i] for i in rows], [layouts[i].answer for i in rows])

@@ -442,8 +442,8 @@ class SpokenConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.voices:
             raise ValueError("voices must name at least one eSpeak voice")
-        if set(self.seen_voices()) & set(self.held_out_voices):
-            raise ValueError(f"held-out voices also seen: {sorted(set(self.seen_voices()) & set(self.held_out_voices))}")
+        if both := sorted(set(self.seen_voices()) & set(self.held_out_voices)):
+            raise ValueError(f"held-out voices also seen: {both}")
         if self.variants and any("+" in v for v in self.voices):
             raise ValueError(f"with variants, voices name accents only (no '+variant'), got {list(self.voices)}")
         if not 0.0 <= self.held_out_fraction <= 1.0 or (self.held_out_fraction > 0 and not self.held_out_voices):

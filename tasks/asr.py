@@ -156,17 +156,19 @@ class ASRTask(Task):
         ids = [lay.meta.get("id") for lay in layouts]
         report = wer_report(predictions, [lay.answer for lay in layouts], ids)
         out: dict[str, Any] = {k: report[k] for k in ("wer", "S", "D", "I", "N", "num_utterances")}
+
+        def subset(rows: list[int]) -> float:
+            return wer_report([predictions[i] for i in rows], [layouts[i].answer for i in rows])["wer"]
+
         for name, keep in (("held_out_voice", True), ("seen_voice", False)):
             rows = [i for i, lay in enumerate(layouts) if lay.meta.get("held_out_voice", False) == keep]
             if rows and len(rows) < len(layouts):
-                sub = wer_report([predictions[i] for i in rows], [layouts[i].answer for i in rows])
-                out[f"wer/{name}"], out[f"n/{name}"] = sub["wer"], len(rows)
+                out[f"wer/{name}"], out[f"n/{name}"] = subset(rows), len(rows)
         # each held-out voice apart: one unseen accent can be much harder than another
         held_out = sorted({lay.meta.get("voice") for lay in layouts if lay.meta.get("held_out_voice")} - {None})
         for voice in held_out if len(held_out) > 1 else ():
             rows = [i for i, lay in enumerate(layouts) if lay.meta.get("voice") == voice]
-            sub = wer_report([predictions[i] for i in rows], [layouts[i].answer for i in rows])
-            out[f"wer/held_out_voice/{voice}"], out[f"n/held_out_voice/{voice}"] = sub["wer"], len(rows)
+            out[f"wer/held_out_voice/{voice}"], out[f"n/held_out_voice/{voice}"] = subset(rows), len(rows)
         audio_seconds = sum(lay.meta.get("duration_s", 0.0) for lay in layouts)
         if audio_seconds:
             out["audio_seconds"] = round(audio_seconds, 2)

@@ -116,6 +116,14 @@ def test_variants_pair_accents_with_variants_for_seen_voices_only():
     assert synthesise("two", seen[0].voice).size > 0  # eSpeak knows the combined name
 
 
+def test_a_misspelt_variant_is_refused_before_anything_is_written(tmp_path):
+    # eSpeak itself would read "en+Anie" with the plain "en" voice, without a word
+    cfg = SpokenConfig(voices=("en",), variants=("m3", "Anie"), train_size=2, validation_size=1, test_size=2)
+    with pytest.raises(ValueError, match=r"unknown eSpeak variant\(s\) \['Anie'\]"):
+        write_spoken_corpus(tmp_path / "corpus", cfg, workers=0)
+    assert not (tmp_path / "corpus").exists()
+
+
 def test_config_errors_name_the_bad_value():
     with pytest.raises(ValueError, match="held-out voices also seen: \\['en-us'\\]"):
         SpokenConfig(held_out_voices=("en-us",))

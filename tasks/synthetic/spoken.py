@@ -198,6 +198,18 @@ _POS_CHARACTER, _CHARS_UTF8 = 1, 1
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
+def unknown_variants(voices: Sequence[str]) -> list[str]:
+    """The ``+variant`` parts of `voices` that eSpeak NG does not ship.
+
+    eSpeak quietly reads an unknown variant with the accent's own voice, so a misspelt variant would give
+    a corpus whose records name speakers it does not contain; the variant files are checked instead.
+    """
+    import espeakng_loader
+
+    folder = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
+    return sorted({v.split("+", 1)[1] for v in voices if "+" in v and not (folder / v.split("+", 1)[1]).is_file()})
+
+
 class _Espeak:
     """The eSpeak NG library loaded and initialised in this process (used only inside the helper process)."""
 
@@ -577,6 +589,8 @@ def write_spoken_corpus(
         eSpeak versions, generation time.
     """
     cfg = cfg or SpokenConfig()
+    if missing := unknown_variants([*cfg.seen_voices(), *cfg.held_out_voices]):
+        raise ValueError(f"unknown eSpeak variant(s) {missing} (the files in espeak-ng-data/voices/!v name them)")
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     start = time.perf_counter()
     out = Path(out_dir)

@@ -233,3 +233,40 @@ def test_wer_is_reported_for_each_held_out_voice():
     assert out["wer"] == 1 / 6 and out["wer/seen_voice"] == 0.0 and out["wer/held_out_voice"] == 1 / 4
     assert out["wer/held_out_voice/en-us-nyc+m5"] == 0.0 and out["wer/held_out_voice/en-gb-x-gbcwmd+f5"] == 0.5
     assert "wer/held_out_voice/en-us" not in out and out["n/held_out_voice/en-us-nyc+m5"] == 1
+
+
+def test_cached_media_are_preprocessed_once_and_train_identically(tmp_path):
+    from multimodal.train.config import load_experiment
+    from multimodal.train.media_cache import CachedPreprocess
+    from multimodal.train.run import train
+
+    calls = []
+    cached = CachedPreprocess(lambda item: calls.append(item) or torch.tensor([float(len(item))]))
+    a, b = flac(0.2), flac(0.2)  # equal bytes, two objects: two entries
+    assert torch.equal(cached(a), cached(a)) and len(calls) == 1
+    cached(b)
+    assert len(calls) == 2 and len(cached) == 2
+
+    spoken = (
+        "{train_size: 16, validation_size: 2, test_size: 2, voices: [en-us, en-gb-x-rp], held_out_voices: [en-us+f2]}"
+    )
+    curves = []
+    for cache in ("false", "true"):
+        sets = [
+            f"train.output_dir={tmp_path / cache}",
+            f"task.data_dir={tmp_path / 'data'}",
+            f"task.spoken={spoken}",
+            "train.max_steps=4",
+            "train.batch_size=4",
+            "train.threads=1",
+            "train.log_every=1",
+            "train.bucket_batches=2",
+            "train.eval_at_end=false",
+            f"train.cache_media={cache}",
+            "modalities.audio.encoder_args={width: 32, layers: 1, heads: 2, ctc_vocab: 256, vtlp: {}}",
+        ]
+        run = train(load_experiment("spoken_asr", sets))
+        lines = (run.folder / "metrics.jsonl").read_text().splitlines()
+        curves.append([json.loads(x)["loss"] for x in lines if "loss" in json.loads(x)])
+    assert len(curves[0]) == 4
+    torch.testing.assert_close(torch.tensor(curves[1]), torch.tensor(curves[0]))

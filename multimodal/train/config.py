@@ -67,6 +67,9 @@ class TrainConfig:
         sample_budget: streaming: training items over all ranks, after which the stream ends (None: endless;
             max_steps ends the run).
         num_workers: DataLoader worker processes.
+        cache_media: preprocess each training media item once and keep the result in memory
+            (multimodal/train/media_cache.py): for small materialised corpora, such as the spoken one,
+            whose features would otherwise be recomputed every epoch (each worker keeps its own copy).
         bucket_batches: length bucketing: sort windows of this many global batches by length so a
             batch holds similar lengths (0: plain shuffling). See multimodal/train/sampler.py.
         threads: CPU threads for torch (None: leave torch's default).
@@ -112,6 +115,7 @@ class TrainConfig:
     shuffle_buffer: int = 1000
     sample_budget: int | None = None
     num_workers: int = 0
+    cache_media: bool = False
     threads: int | None = None
     log_every: int = 20
     checkpoint_every: int = 0

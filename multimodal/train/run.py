@@ -43,6 +43,7 @@ from multimodal.sampling import SpecialIds
 from multimodal.tokenizer import BuiltinTokenizer, HFTokenizer, build_tokenizer, load_tokenizer
 from multimodal.train.build import build_model, checkpoint_folder, modality_io
 from multimodal.train.config import ExperimentConfig, TrainConfig, experiment_from_text
+from multimodal.train.media_cache import cached_modalities
 from multimodal.train.packing import PackedCollate
 from multimodal.train.resume import StateCheckpointIO, TrainingState, latest_state, read_position
 from multimodal.train.sampler import ResumableBatchSampler
@@ -269,8 +270,9 @@ def _stream_shards(config: ExperimentConfig) -> list[str] | None:
     cfg = config.train
     if not cfg.streaming:
         return None
-    if cfg.bucket_batches:
-        raise ConfigError("train.bucket_batches needs the whole training set; it does not combine with train.streaming")
+    if cfg.bucket_batches or cfg.cache_media:
+        key = "bucket_batches" if cfg.bucket_batches else "cache_media"
+        raise ConfigError(f"train.{key} needs the whole training set; it does not combine with train.streaming")
     shards = create_task(config.task).train_shards()
     if not shards:
         raise ConfigError(f"train.streaming: task '{config.task.name}' has no WebDataset shards for its training split")
@@ -286,7 +288,8 @@ def _train_loader(run: Run, shards: list[str] | None, step: int, samples: int) -
     consumed (one batch per optimiser step).
     """
     cfg = run.config.train
-    collate = functools.partial(run.task.collate, tokenizer=run.tokenizer, modalities=run.modalities)
+    modalities = cached_modalities(run.modalities) if cfg.cache_media else run.modalities
+    collate = functools.partial(run.task.collate, tokenizer=run.tokenizer, modalities=modalities)
     if cfg.pack_length:
         collate = PackedCollate(collate, cfg.pack_length, run.tokenizer.pad_id)
     workers = {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0}
@@ -310,20 +313,20 @@ def _train_loader(run: Run, shards: list[str] | None, step: int, samples: int) -
         cfg.batch_size,
         run.config.seed,
         start=samples,
-        lengths=_lengths(run, layouts) if cfg.bucket_batches else None,
+        lengths=_lengths(run, layouts, modalities) if cfg.bucket_batches else None,
         bucket_batches=cfg.bucket_batches,
     )
     return torch.utils.data.DataLoader(layouts, batch_sampler=sampler, collate_fn=collate, **workers), len(layouts)
 
 
-def _lengths(run: Run, layouts: Sequence[Any]) -> list[int]:
+def _lengths(run: Run, layouts: Sequence[Any], modalities: dict[str, ModalityIO]) -> list[int]:
     """Tokens each training example becomes (text tokens plus the embeddings of its media items), for
-    length bucketing; media are preprocessed once here to count them."""
+    length bucketing; media are preprocessed once here to count them (and kept, with train.cache_media)."""
     lengths = []
     for lay in layouts:
         n = sum(len(run.tokenizer.encode(p)) + len(run.tokenizer.encode(a)) + 1 for p, a in lay.history)
         n += len(run.tokenizer.encode(lay.prompt)) + len(run.tokenizer.encode(lay.answer)) + 1
-        for name, io in run.modalities.items():
+        for name, io in modalities.items():
             n += sum(int(io.num_tokens(io.preprocess(item))) - 1 for item in lay.media.get(name, []))
         lengths.append(n)
     return lengths

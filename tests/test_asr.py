@@ -159,6 +159,16 @@ def test_ctc_head_gives_an_auxiliary_loss():
     assert tower.ctc_head.weight.grad is not None
 
 
+def test_ctc_greedy_merges_repeats_and_drops_blanks_in_real_frames():
+    from multimodal.diffusion.ctc import ctc_greedy
+
+    best = torch.tensor([[1, 1, 0, 1, 2, 2, 0, 3], [4, 0, 0, 4, 4, 3, 3, 3]])
+    logits = torch.nn.functional.one_hot(best, 5).float()
+    # a blank separates a repeated token; frames past each item's length are padding
+    assert ctc_greedy(logits, torch.tensor([7, 8]), blank_id=0) == [[1, 1, 2], [4, 4, 3]]
+    assert ctc_greedy(logits, torch.tensor([8, 1]), blank_id=0) == [[1, 1, 2, 3], [4]]
+
+
 def test_cli_transcribes_one_file(tmp_path, capsys):
     from multimodal.cli import main
 
@@ -178,10 +188,11 @@ def test_cli_transcribes_one_file(tmp_path, capsys):
     assert main(["train", "-c", "spoken_asr", *[a for s in sets for a in ("--set", s)]]) == 0
     out = capsys.readouterr().out
     assert '"wer"' in out and '"wer/held_out_voice"' in out
+    assert '"ctc_greedy/wer"' in out and '"ctc_greedy/wer/held_out_voice"' in out  # the tower's own CTC head
     preds = [
         json.loads(x) for x in (tmp_path / "spoken_asr" / "eval" / "test_predictions.jsonl").read_text().splitlines()
     ]
-    assert "alignment" in preds[0] and "REF" in preds[0]["alignment"].upper()
+    assert "alignment" in preds[0] and "REF" in preds[0]["alignment"].upper() and "ctc_greedy" in preds[0]
     predictions = tmp_path / "spoken_asr" / "eval" / "test_predictions.jsonl"
     for flag in ([], ["--text-only"]):
         assert main(["deliberate", "--run", str(tmp_path / "spoken_asr"), "--hypotheses", str(predictions), *flag]) == 0

@@ -83,6 +83,12 @@ def test_streaming_needs_shards_and_refuses_buckets(tmp_path):
                 "digits_reverse", [f"train.output_dir={tmp_path}", "train.streaming=true", "train.bucket_batches=4"]
             )
         )
+    with pytest.raises(ConfigError, match="train.cache_media needs the whole training set"):
+        train(
+            load_experiment(
+                "digits_reverse", [f"train.output_dir={tmp_path}", "train.streaming=true", "train.cache_media=true"]
+            )
+        )
 
 
 def test_mmdiff_shards_writes_what_training_streams(tmp_path, protein_folder):

@@ -1,9 +1,9 @@
 """Preprocessed training media kept in memory across epochs (``train.cache_media``).
 
 Without it, every time an example is drawn its media are decoded and preprocessed again in the
-training process: for the spoken corpus, FLAC decoding and the log-mel transform are about a tenth
-of a training step on two threads (benchmarks/RESULTS.md). A small materialised corpus can keep the
-results instead: 5,000 clips of 2 s as 80-bin log-mels take about 330 MB.
+training process: for the spoken corpus, FLAC decoding and the log-mel transform are an eighth of
+a training step on two threads, and caching them made steps 1.05x faster (benchmarks/RESULTS.md). A
+small materialised corpus can keep the results: 5,000 clips of 2 s as 80-bin log-mels take about 330 MB.
 
 What the model sees is unchanged: preprocessing is deterministic, and training-time randomness
 (VTLP, SpecAugment) is applied by the encoders in their forward pass, after this cache.

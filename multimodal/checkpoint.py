@@ -9,12 +9,16 @@ A checkpoint is a folder::
 Tied weights are stored once (the other names are aliases in the file's metadata). Writes are
 atomic: the folder is assembled under a temporary name and renamed into place, so a
 run killed at any moment leaves either the previous checkpoint or the new one, never half of one.
+`link_checkpoint` gives a second name to a written checkpoint (a run's ``last``) by hard links, so
+the weights are written once however many names point at them (files are never changed in place:
+every save writes new files and renames, so the names cannot drift apart).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -38,15 +42,37 @@ def save_checkpoint(
     writers: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
     """Write `model`'s weights, the config text and extra files (name -> writer(path)) atomically."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+
+    def fill(tmp: Path) -> None:
+        tmp.mkdir()
         write_weights(tmp / WEIGHTS, model.state_dict())
         (tmp / CONFIG).write_text(config_yaml)
         for name, writer in (writers or {}).items():
             writer(tmp / name)
+
+    return _write_atomically(Path(folder), fill)
+
+
+def link_checkpoint(source: str | Path, folder: str | Path) -> Path:
+    """Make `folder` an atomic copy of the checkpoint `source` whose files are hard links (no data
+    written); a plain copy where the file system has no hard links."""
+    source = Path(source)
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    return _write_atomically(Path(folder), lambda tmp: shutil.copytree(source, tmp, copy_function=link))
+
+
+def _write_atomically(folder: Path, fill: Callable[[Path], None]) -> Path:
+    """Assemble `folder` under a temporary name with `fill(tmp)` (which may create tmp), then swap it in."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        fill(tmp)
         old = None
         if folder.exists():
             old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"

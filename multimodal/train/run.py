@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from multimodal.backbone.layers import LLaDABlock
-from multimodal.checkpoint import CONFIG, load_weights, save_checkpoint
+from multimodal.checkpoint import CONFIG, link_checkpoint, load_weights, save_checkpoint
 from multimodal.config import ConfigError, dump
 from multimodal.sampling import SpecialIds
 from multimodal.tokenizer import BuiltinTokenizer, HFTokenizer, build_tokenizer, load_tokenizer
@@ -116,7 +116,7 @@ class _GatheredWeights:
 
 
 def save_run_checkpoint(run: Run, step: int, state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write checkpoints/step_XXXXXXX and checkpoints/last; returns the step folder.
+    """Write checkpoints/step_XXXXXXX, and checkpoints/last as hard links to it; returns the step folder.
 
     `state` is the LightningModule's gathered state dict under FSDP (None: save `run.model` as it is).
     """
@@ -125,7 +125,7 @@ def save_run_checkpoint(run: Run, step: int, state: dict[str, torch.Tensor] | No
     folder = run.folder / "checkpoints"
     model = run.model if state is None else _GatheredWeights(state)
     saved = save_checkpoint(folder / f"step_{step:07d}", model, text, writers)
-    save_checkpoint(folder / "last", model, text, writers)
+    link_checkpoint(saved, folder / "last")
     return saved
 
 

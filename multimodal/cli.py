@@ -170,10 +170,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if run.rank != 0:  # a multi-process run (torchrun, SLURM): rank 0 reports and evaluates
             return 0
         print(f"run folder: {run.folder}")
-        if config.train.eval_at_end:
-            metrics = evaluation.evaluate(run, "test", config.train.eval_limit)
-            _print_metrics(metrics)
-            predictions = run.folder / "eval" / "test_predictions.jsonl"
+        for split in config.train.eval_splits if config.train.eval_at_end else ():
+            if len(config.train.eval_splits) > 1:
+                print(f"{split}:")
+            _print_metrics(evaluation.evaluate(run, split, config.train.eval_limit))
+            predictions = run.folder / "eval" / f"{split}_predictions.jsonl"
             if predictions.is_file():
                 print(f"predictions: {predictions}")
         return 0

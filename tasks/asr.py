@@ -9,7 +9,9 @@ records (tasks/asr_data.py). Layouts (PAPERS.md section 4):
 
 The answer is the transcript (lower-case words). Metrics: corpus WER after Whisper's English
 normalisation with substitutions / deletions / insertions, also for the held-out-voice and seen-voice
-parts of the embedded test split; each prediction is written with its alignment.
+parts of the embedded test split; each prediction is written with its alignment. The embedded corpus
+has a fourth split, ``test_accents``: the test sentences read by voices with accents never heard in
+training (tasks/synthetic/spoken.py).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def embedded_corpus(cfg: ASRConfig) -> Path:
 @TASKS.register("asr")
 class ASRTask(Task):
     Config = ASRConfig
+    splits = ("train", "validation", "test", "test_accents")
 
     def __init__(self, config: ASRConfig):
         super().__init__(config)

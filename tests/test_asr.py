@@ -193,6 +193,8 @@ def test_cli_transcribes_one_file(tmp_path, capsys):
         json.loads(x) for x in (tmp_path / "spoken_asr" / "eval" / "test_predictions.jsonl").read_text().splitlines()
     ]
     assert "alignment" in preds[0] and "REF" in preds[0]["alignment"].upper() and "ctc_greedy" in preds[0]
+    accents = (tmp_path / "spoken_asr" / "eval" / "test_accents_predictions.jsonl").read_text().splitlines()
+    assert len(accents) == 6 and "test_accents:" in out  # spoken_asr evaluates train.eval_splits after training
     predictions = tmp_path / "spoken_asr" / "eval" / "test_predictions.jsonl"
     for flag in ([], ["--text-only"]):
         assert main(["deliberate", "--run", str(tmp_path / "spoken_asr"), "--hypotheses", str(predictions), *flag]) == 0

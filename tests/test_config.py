@@ -108,3 +108,12 @@ def test_mappings_of_dataclasses_are_validated():
     assert held.parts == {"a": Part(3), "b": Part(1)}
     with pytest.raises(ConfigError, match="unknown config key 'parts.a.sise'"):
         from_dict(Holder, {"parts": {"a": {"sise": 3}}})
+
+
+def test_an_unknown_eval_split_is_refused_before_training(tmp_path):
+    from multimodal.train.run import train
+
+    sets = [f"train.output_dir={tmp_path}", "task.train_size=8", "train.eval_splits=[test, tset]"]
+    with pytest.raises(ConfigError, match="train.eval_splits: unknown split 'tset' for task 'digits'"):
+        train(load_experiment("digits_reverse", sets))
+    assert not (tmp_path / "digits_reverse").exists()

@@ -94,7 +94,8 @@ def test_number_words():
 
 def test_default_plan_has_disjoint_splits_and_test_only_held_out_voices():
     cfg = SpokenConfig()
-    plan = plan_corpus(cfg)
+    full = plan_corpus(cfg)
+    plan = [u for u in full if u.split != "test_accents"]
     assert len(plan) == cfg.train_size + cfg.validation_size + cfg.test_size
     texts = {split: {u.text for u in plan if u.split == split} for split in ("train", "validation", "test")}
     assert sum(map(len, texts.values())) == len(plan)  # every text once: splits are disjoint
@@ -103,8 +104,25 @@ def test_default_plan_has_disjoint_splits_and_test_only_held_out_voices():
     assert len(held_out) == round(cfg.held_out_fraction * cfg.test_size)
     assert {u.voice for u in held_out} == set(cfg.held_out_voices)
     assert all((u.voice in cfg.held_out_voices) == u.held_out_voice for u in plan)
-    assert plan_corpus(cfg) == plan
-    assert [u.text for u in plan_corpus(replace(cfg, seed=1))] != [u.text for u in plan]
+    # unseen speakers: variants no training voice has, with training accents
+    trained = {u.voice for u in plan if u.split == "train"}
+    assert {v.split("+")[1] for v in cfg.held_out_voices}.isdisjoint(v.partition("+")[2] for v in trained)
+    assert {v.split("+")[0] for v in cfg.held_out_voices} <= {v.split("+")[0] for v in trained}
+    assert plan_corpus(cfg) == full
+    assert [u.text for u in plan_corpus(replace(cfg, seed=1))] != [u.text for u in full]
+
+
+def test_accent_split_reads_the_test_sentences_with_untrained_accents_and_leaves_other_splits_alone():
+    cfg = SpokenConfig(train_size=40, validation_size=4, test_size=10)
+    plan = plan_corpus(cfg)
+    test = [u for u in plan if u.split == "test"]
+    accents = [u for u in plan if u.split == "test_accents"]
+    assert [u.text for u in accents] == [u.text for u in test]  # paired with the test split, sentence by sentence
+    assert {u.voice for u in accents} == set(cfg.accent_voices) and all(u.held_out_voice for u in accents)
+    trained_accents = {u.voice.split("+")[0] for u in plan if u.split == "train"}
+    assert not {u.voice.split("+")[0] for u in accents} & trained_accents
+    assert len({u.noise_seed for u in plan}) == len(plan)
+    assert [u for u in plan if u.split != "test_accents"] == plan_corpus(replace(cfg, accent_voices=()))
 
 
 def test_variants_pair_accents_with_variants_for_seen_voices_only():
@@ -112,7 +130,7 @@ def test_variants_pair_accents_with_variants_for_seen_voices_only():
     plan = plan_corpus(cfg)
     seen = [u for u in plan if not u.held_out_voice]
     assert {u.voice for u in seen} == {f"{a}+{v}" for a in cfg.voices for v in cfg.variants}  # every pairing occurs
-    assert {u.voice for u in plan if u.held_out_voice} == set(cfg.held_out_voices)
+    assert {u.voice for u in plan if u.split == "test" and u.held_out_voice} == set(cfg.held_out_voices)
     assert synthesise("two", seen[0].voice).size > 0  # eSpeak knows the combined name
 
 
@@ -129,6 +147,8 @@ def test_config_errors_name_the_bad_value():
         SpokenConfig(held_out_voices=("en-us",))
     with pytest.raises(ValueError, match="held-out voices also seen: \\['en\\+f5'\\]"):
         SpokenConfig(voices=("en", "en-us"), variants=("m3", "f5"), held_out_voices=("en+f5",))
+    with pytest.raises(ValueError, match=r"accent voices \['en-us\+m1'\] have an accent that training voices have"):
+        SpokenConfig(accent_voices=("en-us+m1", "en-us-nyc"))
     with pytest.raises(ValueError, match="voices name accents only"):
         SpokenConfig(voices=("en+m1",), variants=("m3",))
     with pytest.raises(ValueError, match="rate_range"):
@@ -140,24 +160,30 @@ def test_config_errors_name_the_bad_value():
 def test_shards_records_and_manifest(corpus):
     out, manifest = corpus
     names = sorted(p.name for p in out.glob("*.tar"))
-    assert names == ["test-00000.tar", "test-00001.tar", "train-00000.tar", "train-00001.tar", "train-00002.tar"] + [
-        "validation-00000.tar"
+    assert names == ["test-00000.tar", "test-00001.tar", "test_accents-00000.tar", "test_accents-00001.tar"] + [
+        "train-00000.tar",
+        "train-00001.tar",
+        "train-00002.tar",
+        "validation-00000.tar",
     ]
     records = _records(out)
-    assert len(records) == 22
+    assert len(records) == 30
     for record, flac in records:
         assert set(record) == RECORD_KEYS
         wave, rate = sf.read(io.BytesIO(flac), dtype="float32")
         assert rate == 16000 and wave.ndim == 1
         assert wave.shape[0] / 16000 == pytest.approx(record["duration_s"], abs=1e-3)
-        assert record["held_out_voice"] == (record["voice"] in TINY.held_out_voices)
-        assert record["split"] == "test" or not record["held_out_voice"]
-    by_split = {s: [r for r, _ in records if r["split"] == s] for s in ("train", "validation", "test")}
-    assert manifest["counts"] == {s: len(rs) for s, rs in by_split.items()} == {"train": 10, "validation": 4, "test": 8}
+        unseen = TINY.accent_voices if record["split"] == "test_accents" else TINY.held_out_voices
+        assert record["held_out_voice"] == (record["voice"] in unseen)
+        assert record["split"].startswith("test") or not record["held_out_voice"]
+    by_split = {s: [r for r, _ in records if r["split"] == s] for s in ("train", "validation", "test", "test_accents")}
+    counts = {"train": 10, "validation": 4, "test": 8, "test_accents": 8}
+    assert manifest["counts"] == {s: len(rs) for s, rs in by_split.items()} == counts
     for split, rows in by_split.items():
         assert sum(manifest["voices"][split].values()) == len(rows)
         assert set(manifest["voices"][split]) == {r["voice"] for r in rows}
-    assert manifest["held_out_test_utterances"] == 4 == sum(r["held_out_voice"] for r, _ in records)
+    assert manifest["held_out_test_utterances"] == 4 == sum(r["held_out_voice"] for r in by_split["test"])
+    assert manifest["accent_voices"] == list(TINY.accent_voices)
     assert manifest["seed"] == 3 and manifest["total_hours"] > 0
     for shard in manifest["shards"]:
         assert hashlib.sha256((out / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
@@ -169,7 +195,7 @@ def test_shards_read_with_webdataset(corpus):
     out, _ = corpus
     urls = [str(p) for p in sorted(out.glob("*.tar"))]
     samples = list(wds.WebDataset(urls, shardshuffle=False))
-    assert len(samples) == 22
+    assert len(samples) == 30
     sample = samples[0]
     assert {"__key__", "flac", "json"} <= set(sample)
     assert json.loads(sample["json"])["id"] == sample["__key__"]

@@ -76,7 +76,8 @@ class TrainConfig:
         log_every: steps between metric lines.
         checkpoint_every: steps between checkpoints (weights, and a training state for `resume`; 0:
             only the final one).
-        eval_at_end: evaluate on the test split after training.
+        eval_at_end: evaluate on `eval_splits` after training.
+        eval_splits: the splits evaluated after training (the embedded speech corpus adds ``test_accents``).
         eval_limit: evaluate on at most this many examples (None: all).
         eval_every: decode this many validation examples (`val_limit`) every this many steps and log
             the task metrics as ``val/<metric>`` (0: never), to record the learning curve.
@@ -120,6 +121,7 @@ class TrainConfig:
     log_every: int = 20
     checkpoint_every: int = 0
     eval_at_end: bool = True
+    eval_splits: tuple[str, ...] = ("test",)
     eval_limit: int | None = None
     eval_every: int = 0
     val_limit: int = 500

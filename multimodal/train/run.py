@@ -195,6 +195,11 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     # the data order and the masking noise have their own seeds; this seeds whatever else draws numbers
     L.seed_everything(config.seed, workers=True, verbose=False)
     run = build_run(config)
+    for split in cfg.eval_splits if cfg.eval_at_end else ():
+        try:  # refused now, not after training
+            run.task.check_split(split)
+        except KeyError as err:
+            raise ConfigError(f"train.eval_splits: {err.args[0]}") from None
     if cfg.compile:
         compile_blocks(run.model)
     module = DiffusionModule(

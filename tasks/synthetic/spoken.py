@@ -11,6 +11,15 @@ What makes the test split informative: every text occurs once in the whole corpu
 sentences are disjoint (the model cannot pass by memorising transcripts), and the held-out voices read only part
 of the test split (records say ``held_out_voice``), so WER on unseen voices is reported apart from seen ones.
 
+Two kinds of unseen voice, kept apart because they test different things:
+
+* ``held_out_voices`` are unseen speakers: an eSpeak variant (the speaker's timbre, pitch and formants) never
+  heard in training, reading with a training accent. This is what a held-out speaker of LibriSpeech's test sets
+  is, the setting the Whisper-LLaDA and DIFFA figures come from; they read part of the ``test`` split.
+* ``accent_voices`` speak with an accent no training voice has (eSpeak's West Midlands voice drops /h/, New
+  York's changes the vowels), a domain shift rather than a new speaker. They read the test sentences once more
+  as the ``test_accents`` split, so its WER compares with ``test`` on the same sentences.
+
 eSpeak is driven through its C API (speak_lib.h) with ``ctypes`` on the library shipped by the pip package
 ``espeakng-loader``. The library keeps hidden state across calls (pitch flutter phase, gain control, noise
 generator), so the same text comes out slightly different on a second call. A helper process therefore loads and
@@ -47,7 +56,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1"
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test", "test_accents")
 
 # ----------------------------------------------------------------------------------------------- texts
 ONES = "zero one two three four five six seven eight nine".split()
@@ -415,7 +424,10 @@ class SpokenConfig:
         variants: eSpeak variants (``m3``, ``f2``, ``Annie``, ``klatt2``, ...); when given, ``voices`` name accents only
             and every seen-voice utterance pairs an accent drawn from ``voices`` with a variant drawn from
             ``variants``: many more speakers for the same number of utterances.
-        held_out_voices: voices heard only in the test split.
+        held_out_voices: unseen speakers, heard only in the test split: variants never heard in training, with a
+            training accent (not enforced: any voice that no training utterance uses is accepted).
+        accent_voices: voices whose accent no training voice has; they read every test sentence again, as the
+            ``test_accents`` split (empty: no such split).
         rate_range: inclusive speed range in words per minute.
         pitch_range: inclusive eSpeak pitch range (0..99, 50 = the voice's own).
         snr_db_range: signal-to-noise ratio range of the added white noise, in dB.
@@ -439,7 +451,8 @@ class SpokenConfig:
         "en-gb-scotland+f4",
     )
     variants: tuple[str, ...] = ()
-    held_out_voices: tuple[str, ...] = ("en-gb-x-gbcwmd+f5", "en-us-nyc+m5")
+    held_out_voices: tuple[str, ...] = ("en-us+f5", "en-gb-x-rp+m5")
+    accent_voices: tuple[str, ...] = ("en-gb-x-gbcwmd+f5", "en-us-nyc+m5")
     rate_range: tuple[int, int] = (140, 200)
     pitch_range: tuple[int, int] = (35, 65)
     snr_db_range: tuple[float, float] = (20.0, 35.0)
@@ -448,7 +461,7 @@ class SpokenConfig:
 
     def __post_init__(self) -> None:
         self.voices, self.held_out_voices = tuple(self.voices), tuple(self.held_out_voices)
-        self.variants = tuple(self.variants)
+        self.variants, self.accent_voices = tuple(self.variants), tuple(self.accent_voices)
         for name in ("train_size", "validation_size", "test_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -456,6 +469,9 @@ class SpokenConfig:
             raise ValueError("voices must name at least one eSpeak voice")
         if both := sorted(set(self.seen_voices()) & set(self.held_out_voices)):
             raise ValueError(f"held-out voices also seen: {both}")
+        trained_accents = {v.split("+")[0] for v in self.seen_voices()}
+        if shared := sorted(v for v in self.accent_voices if v.split("+")[0] in trained_accents):
+            raise ValueError(f"accent voices {shared} have an accent that training voices have")
         if self.variants and any("+" in v for v in self.voices):
             raise ValueError(f"with variants, voices name accents only (no '+variant'), got {list(self.voices)}")
         if not 0.0 <= self.held_out_fraction <= 1.0 or (self.held_out_fraction > 0 and not self.held_out_voices):
@@ -493,7 +509,7 @@ def plan_corpus(cfg: SpokenConfig) -> list[Utterance]:
     sizes = {"train": cfg.train_size, "validation": cfg.validation_size, "test": cfg.test_size}
     texts = iter(make_texts(rng, sum(sizes.values())))
     plan = []
-    for split_index, split in enumerate(SPLITS):
+    for split_index, split in enumerate(SPLITS[:3]):
         held_out = np.zeros(sizes[split], dtype=bool)
         if split == "test":
             held_out[rng.permutation(sizes[split])[: round(cfg.held_out_fraction * sizes[split])]] = True
@@ -511,7 +527,29 @@ def plan_corpus(cfg: SpokenConfig) -> list[Utterance]:
                     noise_seed=(cfg.seed, split_index, i),
                 )
             )
-    return plan
+    return plan + _accent_plan(cfg, [u for u in plan if u.split == "test"])
+
+
+def _accent_plan(cfg: SpokenConfig, test: list[Utterance]) -> list[Utterance]:
+    """The ``test_accents`` split: each test sentence read again by an accent voice. Its own generator, so
+    the other splits are the same with or without it."""
+    if not cfg.accent_voices:
+        return []
+    rng = np.random.default_rng((cfg.seed, SPLITS.index("test_accents")))
+    return [
+        Utterance(
+            id=f"test_accents_{i:06d}",
+            split="test_accents",
+            text=u.text,
+            voice=_pick(rng, cfg.accent_voices),
+            rate=int(rng.integers(cfg.rate_range[0], cfg.rate_range[1] + 1)),
+            pitch=int(rng.integers(cfg.pitch_range[0], cfg.pitch_range[1] + 1)),
+            snr_db=round(float(rng.uniform(*cfg.snr_db_range)), 2),
+            held_out_voice=True,
+            noise_seed=(cfg.seed, SPLITS.index("test_accents"), i),
+        )
+        for i, u in enumerate(test)
+    ]
 
 
 def _voice(rng: np.random.Generator, cfg: SpokenConfig, held_out: bool) -> str:
@@ -589,7 +627,7 @@ def write_spoken_corpus(
         eSpeak versions, generation time.
     """
     cfg = cfg or SpokenConfig()
-    if missing := unknown_variants([*cfg.seen_voices(), *cfg.held_out_voices]):
+    if missing := unknown_variants([*cfg.seen_voices(), *cfg.held_out_voices, *cfg.accent_voices]):
         raise ValueError(f"unknown eSpeak variant(s) {missing} (the files in espeak-ng-data/voices/!v name them)")
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     start = time.perf_counter()
@@ -632,7 +670,8 @@ def write_spoken_corpus(
         "counts": {split: sum(counters[split].values()) for split in SPLITS},
         "voices": {split: dict(sorted(counters[split].items())) for split in SPLITS},
         "held_out_voices": list(cfg.held_out_voices),
-        "held_out_test_utterances": sum(u.held_out_voice for u in plan),
+        "held_out_test_utterances": sum(u.held_out_voice for u in plan if u.split == "test"),
+        "accent_voices": list(cfg.accent_voices),
         "hours": {split: round(seconds[split] / 3600, 4) for split in SPLITS},
         "total_hours": round(sum(seconds.values()) / 3600, 4),
         "shards": shards,

@@ -76,7 +76,15 @@ def embedded_corpus(cfg: ASRConfig) -> Path:
 @TASKS.register("asr")
 class ASRTask(Task):
     Config = ASRConfig
-    splits = ("train", "validation", "test", "test_accents")
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """``test_accents`` exists in the embedded corpus (unless it has no accent voices) or where
+        `files` names it; other data have the three usual splits."""
+        cfg = self.config
+        embedded_accents = cfg.data == "embedded" and bool(cfg.spoken.get("accent_voices", True))
+        accents = "test_accents" in cfg.files or embedded_accents
+        return ("train", "validation", "test") + (("test_accents",) if accents else ())
 
     def __init__(self, config: ASRConfig):
         super().__init__(config)

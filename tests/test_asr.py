@@ -232,6 +232,15 @@ def test_spec_augment_masks_inside_real_frames_in_training_only():
     assert not torch.equal(a, enc(x).hidden_states[0])
 
 
+def test_test_accents_split_exists_only_where_there_is_data_for_it():
+    from tasks.asr import ASRConfig, ASRTask
+
+    assert "test_accents" in ASRTask(ASRConfig()).splits  # the embedded corpus has it
+    assert "test_accents" not in ASRTask(ASRConfig(spoken={"accent_voices": []})).splits
+    assert ASRTask(ASRConfig(data="librispeech/dev-clean")).splits == ("train", "validation", "test")
+    assert "test_accents" in ASRTask(ASRConfig(data="m.jsonl", files={"test_accents": "a.jsonl"})).splits
+
+
 def test_wer_is_reported_for_each_held_out_voice():
     from tasks.asr import ASRConfig, ASRTask
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from multimodal.backbone import create_backbone
-from multimodal.diffusion.corruption import mask_tokens, random_truncation_length
+from multimodal.config import ConfigError, from_dict
+from multimodal.diffusion.corruption import bert_corruption, mask_tokens, random_truncation_length
 from multimodal.diffusion.loss import chunked_cross_entropy, masked_diffusion_loss
 from multimodal.diffusion.objective import DiffusionConfig, diffusion_loss
 from multimodal.diffusion.schedule import SCHEDULES, create_schedule
@@ -68,6 +69,32 @@ def test_masking_respects_maskable_and_rate():
     assert (xt[masked] == 3).all() and (xt[~masked] == x0[~masked]).all()
     rate = masked[:, 500:].float().mean(1)
     assert abs(rate[0] - 0.3) < 0.05 and abs(rate[1] - 0.9) < 0.05
+
+
+def test_bert_corruption_splits_the_selected_positions_80_10_10():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(10, 30, (4, 5000), generator=g)
+    maskable = torch.ones_like(x0, dtype=torch.bool)
+    maskable[:, :100] = False
+    x0[:, :100] = 1  # a prompt token the random draw must never pick
+    xt, selected = mask_tokens(x0, torch.full((4,), 0.5), maskable, mask_id=3, generator=g)
+    out = bert_corruption(xt, x0, selected, maskable, random_prob=0.1, keep_prob=0.1, generator=g)
+    assert (out[~selected] == x0[~selected]).all()
+    n = selected.sum().item()
+    as_mask = (out[selected] == 3).sum().item() / n
+    changed = ((out != 3) & (out != x0) & selected).sum().item() / n
+    assert abs(as_mask - 0.8) < 0.02
+    assert 0.08 < changed < 0.1  # 10 % random tokens, of which 1 in 20 draws the true token again
+    assert set(out[selected & (out != 3)].unique().tolist()) <= set(range(10, 30))
+    assert bert_corruption(xt, x0, selected, maskable, 0.0, 0.0, g) is xt  # off: plain masking
+
+
+def test_bert_corruption_shares_are_checked_at_config_time():
+    assert DiffusionConfig(random_token_prob=0.1, keep_prob=0.1).keep_prob == 0.1
+    with pytest.raises(ConfigError, match="random_token_prob"):
+        from_dict(DiffusionConfig, {"random_token_prob": 0.7, "keep_prob": 0.5}, "diffusion.")
+    with pytest.raises(ConfigError, match="keep_prob"):
+        from_dict(DiffusionConfig, {"keep_prob": -0.1}, "diffusion.")
 
 
 def hand_example():

@@ -1,10 +1,10 @@
 """The training objective as one function: sample t, mask maskable tokens, score masked positions.
 
 `DiffusionConfig` names the knobs of PAPERS.md section 1: the schedule and its eps / clipping,
-antithetic time sampling, LLaDA's random-length truncation of pre-training batches, the token
-weight (1/p from the schedule, or 1 for plain cross-entropy as in Whisper-LLaDA), and the loss
-normalisation (see loss.py). The model is any callable with the backbone's forward signature and a
-`head` (plus `head_weight` when the head is a plain matrix); no Lightning, no I/O.
+antithetic time sampling, LLaDA's random-length truncation of pre-training batches, BERT's corruption
+for the masked-LM baseline, the token weight (1/p from the schedule, or 1 for plain cross-entropy as in
+Whisper-LLaDA), and the loss normalisation (see loss.py). The model is any callable with the backbone's
+forward signature and a `head` (plus `head_weight` when the head is a plain matrix); no Lightning, no I/O.
 
 Packed batches (`batch.document_ids` set, multimodal/train/packing.py) draw one t per document rather
 than per row (antithetic across the batch's documents), so the documents sharing a row get their own
@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from multimodal.diffusion.corruption import mask_tokens, random_truncation_length
+from multimodal.diffusion.corruption import bert_corruption, mask_tokens, random_truncation_length
 from multimodal.diffusion.ctc import ctc_auxiliary
 from multimodal.diffusion.loss import masked_diffusion_loss
 from multimodal.diffusion.schedule import MaskSchedule, create_schedule
@@ -40,6 +40,9 @@ class DiffusionConfig:
         normalisation: ``sequence`` (pre-training), ``answer`` (SFT), ``tokens`` (DIFFA), ``masked``.
         chunk_size: rows per chunk of the output head in the loss.
         mask_rate: the fixed rate of the ``constant`` schedule (masked-LM baseline).
+        random_token_prob, keep_prob: BERT's corruption of the selected positions, as ESM trains its
+            masked LM (0.1 and 0.1: 80 % mask token, 10 % random token, 10 % unchanged; all scored);
+            0 and 0 (default) mask every selected position, as masked diffusion does.
         ctc_weight: weight of an auxiliary CTC loss on modality towers that have a CTC head (speech
             encoders trained from scratch; 0 disables it).
     """
@@ -54,7 +57,17 @@ class DiffusionConfig:
     normalisation: Literal["sequence", "answer", "tokens", "masked"] = "answer"
     chunk_size: int = 512
     mask_rate: float = 0.15
+    random_token_prob: float = 0.0
+    keep_prob: float = 0.0
     ctc_weight: float = 0.0
+
+    def __post_init__(self):
+        shares = {"random_token_prob": self.random_token_prob, "keep_prob": self.keep_prob}
+        for name, value in shares.items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if sum(shares.values()) > 1.0:
+            raise ValueError(f"random_token_prob + keep_prob must be at most 1, got {sum(shares.values())}")
 
     def build_schedule(self) -> MaskSchedule:
         return create_schedule(self.schedule, self.eps, self.clip_low, self.clip_high, self.mask_rate)
@@ -89,6 +102,7 @@ def diffusion_loss(
         t_doc = schedule.sample_t(num_docs, antithetic=config.antithetic, generator=generator, device=x0.device)
         t = t_doc[docs.clamp_min(0)]
     xt, masked = mask_tokens(x0, schedule.mask_prob(t), maskable, mask_id, generator)
+    xt = bert_corruption(xt, x0, masked, maskable, config.random_token_prob, config.keep_prob, generator)
     if batch.modality_inputs:  # multimodal: the model encodes and splices them at the placeholders
         model_kwargs = {
             "modality_inputs": batch.modality_inputs,

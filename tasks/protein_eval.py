@@ -63,35 +63,46 @@ def mask_filling(
     modalities=None,
     batch_size: int = 32,
     seed: int = 0,
-) -> dict[str, dict[str, float]]:
+    draws: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """Metrics per rate, pooled over `draws` independent mask draws of every sequence (more draws,
+    less sampling noise); `accuracy_per_draw` lists each draw's accuracy. The masks depend only on
+    `seed` and the sequences, so two models evaluated with the same seed see the same masks."""
     from tasks.protein_metrics import MaskedTokenMetrics, mean_alignment_score
 
+    if draws < 1:
+        raise ValueError(f"mask-filling needs at least one draw, got {draws}")
     device = _device(model)
     residue_ids = torch.tensor([tokenizer.token_id(c) for c in RESIDUES])
+    lookup = torch.full((len(tokenizer),), -1, dtype=torch.long)
+    lookup[residue_ids] = torch.arange(len(RESIDUES))
     results = {}
     for rate in rates:
         generator = torch.Generator().manual_seed(seed)
         meter = MaskedTokenMetrics(len(RESIDUES))
-        refs, preds = [], []
-        for i in range(0, len(layouts), batch_size):
-            chunk = layouts[i : i + batch_size]
-            batch = task.collate(chunk, tokenizer, modalities)
-            masked = _random_subset(batch.maskable, rate, generator)
-            x0 = batch.input_ids
-            xt = torch.where(masked, torch.full_like(x0, tokenizer.mask_id), x0)
-            logits = _forward_logits(model, type(batch)(**{**batch.__dict__, "input_ids": xt}), device).cpu()
-            logits = logits[..., residue_ids]  # amino acids only
-            lookup = torch.full((len(tokenizer),), -1, dtype=torch.long)
-            lookup[residue_ids] = torch.arange(len(RESIDUES))
-            target = lookup[x0]
-            keep = masked & (target >= 0)  # rare letters (X, B, ...) are not scored
-            meter.update(logits, target.clamp_min(0), keep)
-            filled = torch.where(masked, residue_ids[logits.argmax(-1)], x0)
-            for row, lay in zip(range(len(chunk)), chunk, strict=True):
-                refs.append(lay.answer)
-                preds.append(tokenizer.decode(filled[row][batch.maskable[row]].tolist()))
-        metrics = meter.compute()
+        refs, preds, per_draw = [], [], []
+        for _ in range(draws):
+            draw = MaskedTokenMetrics(len(RESIDUES))
+            for i in range(0, len(layouts), batch_size):
+                chunk = layouts[i : i + batch_size]
+                batch = task.collate(chunk, tokenizer, modalities)
+                masked = _random_subset(batch.maskable, rate, generator)
+                x0 = batch.input_ids
+                xt = torch.where(masked, torch.full_like(x0, tokenizer.mask_id), x0)
+                logits = _forward_logits(model, type(batch)(**{**batch.__dict__, "input_ids": xt}), device).cpu()
+                logits = logits[..., residue_ids]  # amino acids only
+                target = lookup[x0]
+                keep = masked & (target >= 0)  # rare letters (X, B, ...) are not scored
+                meter.update(logits, target.clamp_min(0), keep)
+                draw.update(logits, target.clamp_min(0), keep)
+                filled = torch.where(masked, residue_ids[logits.argmax(-1)], x0)
+                for row, lay in zip(range(len(chunk)), chunk, strict=True):
+                    refs.append(lay.answer)
+                    preds.append(tokenizer.decode(filled[row][batch.maskable[row]].tolist()))
+            per_draw.append(draw.compute()["accuracy"])
+        metrics: dict[str, Any] = meter.compute()
         metrics["asc"] = mean_alignment_score(refs, preds)
+        metrics["accuracy_per_draw"] = per_draw
         results[f"{round(rate * 100)}%"] = metrics
     return results
 

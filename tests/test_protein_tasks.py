@@ -86,3 +86,39 @@ def test_cli_trains_dsm_and_generates_fasta(protein_folder, tmp_path, capsys):
     assert main(["sample", "--run", str(run), "--length", "12", "--num", "2"]) == 0
     lines = capsys.readouterr().out.split()
     assert len(lines[0]) == 12 and set(lines[0]) <= set("ACDEFGHIKLMNPQRSTVWYXBZUO")
+
+
+def test_mask_filling_draws_pool_independent_masks(protein_folder):
+    import torch
+
+    from encoders.protein import ESM_PRESETS, build_esm2
+    from multimodal.backbone.esm import ESMDiffusion
+    from tasks.protein_eval import mask_filling
+
+    torch.manual_seed(0)
+    task = ProteinTask(ProteinConfig(data=str(protein_folder)))
+    tok = ESMTokenizer()
+    layouts = [task.layout(x) for x in task.examples("train")[:4]]
+    model = ESMDiffusion(build_esm2(*ESM_PRESETS["esm2_tiny"]).eval())
+    one = mask_filling(model, task, tok, layouts, [0.5], seed=3)["50%"]
+    three = mask_filling(model, task, tok, layouts, [0.5], seed=3, draws=3)["50%"]
+    assert three["accuracy_per_draw"][0] == one["accuracy"]  # the first draw is the one-draw evaluation
+    assert three["masked_tokens"] == 3 * one["masked_tokens"]  # each draw masks round(rate * n) per sequence
+    assert abs(three["accuracy"] - sum(three["accuracy_per_draw"]) / 3) < 1e-12
+    with pytest.raises(ValueError, match="mask_draws"):
+        ProteinConfig(mask_draws=0)
+
+
+def test_evaluation_without_samples_skips_generation(protein_folder, tmp_path):
+    from encoders.protein import ESM_PRESETS, build_esm2
+    from multimodal.backbone.esm import ESMDiffusion
+
+    task = ProteinTask(ProteinConfig(data=str(protein_folder), eval_samples=0, mask_rates=[0.5], mask_draws=2))
+    model = ESMDiffusion(build_esm2(*ESM_PRESETS["esm2_tiny"]).eval())
+    out = tmp_path / "eval"
+    out.mkdir()
+    metrics = task.evaluate_model(model, ESMTokenizer(), None, "test", 3, out, None, 0)
+    assert "generation" not in metrics and len(metrics["mask_filling"]["50%"]["accuracy_per_draw"]) == 2
+    assert not list(out.iterdir())  # no FASTA written
+    with pytest.raises(ValueError, match="eval_samples"):
+        ProteinConfig(eval_samples=-1)

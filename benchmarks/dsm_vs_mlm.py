@@ -4,7 +4,8 @@ Reads the `eval/test_metrics.json` that `mmdiff train` / `mmdiff eval` wrote for
 runs with the same eval seed, so every model sees the same masks) and prints, per mask rate, each
 seed's accuracy, the mean and standard deviation over seeds, and the mean difference DSM - baseline
 with its standard error over seeds. A difference counts as a win only when it exceeds about twice
-that standard error.
+that standard error. `--metric perplexity` tabulates masked-position perplexity instead (lower is
+better, so there a negative difference favours DSM).
 
     python benchmarks/dsm_vs_mlm.py --dsm runs/s0/protein_dsm runs/s1/protein_dsm \\
         --baseline runs/s0/protein_mlm runs/s1/protein_mlm
@@ -18,12 +19,12 @@ import statistics
 from pathlib import Path
 
 
-def accuracies(run: Path, split: str) -> dict[str, float]:
+def per_rate(run: Path, split: str, metric: str) -> dict[str, float]:
     path = run / "eval" / f"{split}_metrics.json"
     if not path.is_file():
         raise SystemExit(f"no evaluation at {path}: run `mmdiff eval --run {run}` first")
     filling = json.loads(path.read_text())["mask_filling"]
-    return {rate: m["accuracy"] for rate, m in filling.items()}
+    return {rate: m[metric] for rate, m in filling.items()}
 
 
 def spread(values: list[float]) -> float:
@@ -35,15 +36,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dsm", nargs="+", type=Path, required=True, help="DSM run folders, one per seed")
     parser.add_argument("--baseline", nargs="+", type=Path, required=True, help="baseline run folders, one per seed")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--metric", default="accuracy", choices=["accuracy", "perplexity"])
     args = parser.parse_args(argv)
-    dsm = [accuracies(r, args.split) for r in args.dsm]
-    base = [accuracies(r, args.split) for r in args.baseline]
+    dsm = [per_rate(r, args.split, args.metric) for r in args.dsm]
+    base = [per_rate(r, args.split, args.metric) for r in args.baseline]
+    scale, unit = (100, " (%)") if args.metric == "accuracy" else (1, "")
     paired = len(dsm) == len(base)
-    print("| rate | DSM per seed (%) | baseline per seed (%) | DSM mean +- sd | baseline mean +- sd | DSM - baseline |")
+    head = f"| rate | DSM per seed{unit} | baseline per seed{unit}"
+    print(f"{head} | DSM mean +- sd | baseline mean +- sd | DSM - baseline |")
     print("|---|---|---|---|---|---|")
     for rate in dsm[0]:
-        d = [100 * a[rate] for a in dsm]
-        b = [100 * a[rate] for a in base]
+        d = [scale * a[rate] for a in dsm]
+        b = [scale * a[rate] for a in base]
         if paired:  # seed i of DSM against seed i of the baseline
             diffs = [x - y for x, y in zip(d, b, strict=True)]
             se = spread(diffs) / len(diffs) ** 0.5

@@ -145,8 +145,8 @@ def preset_table(args) -> None:
 
 
 def run_table(args) -> None:
+    from multimodal.train.build import load_run
     from multimodal.train.evaluate import evaluate
-    from multimodal.train.run import load_run
 
     run = load_run(args.run)
     base = run.config.sampler

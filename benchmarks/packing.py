@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 
 from multimodal.diffusion.objective import diffusion_loss
+from multimodal.train.build import build_run
 from multimodal.train.config import load_experiment
 from multimodal.train.module import mask_seed
 from multimodal.train.packing import PackedCollate
-from multimodal.train.run import build_run
 
 # task -> (experiment config, overrides, default pack length, default documents per step). Packed rows
 # may be longer than the config's context: max_seq_len only bounds the row length, the weights are the same.

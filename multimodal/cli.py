@@ -1,9 +1,11 @@
-"""`mmdiff`: the one console script (train | sample | eval | deliberate | shards | plot | list
-| show-config).
+"""`mmdiff`: the one console script (train | eval | sample | shards | plot | list | show-config, and
+the commands tasks register: deliberate for ASR runs, generate for protein runs).
 
 Configs are YAML files (a path, or a name in configs/experiment/) with ``--set a.b=c`` overrides.
 Errors a user can fix (bad config key, missing file, impossible decoding shape) print one line
-and exit with status 2; everything else raises.
+and exit with status 2; everything else raises. Task commands (tasks/commands.py) get their own
+subcommand each; this module loads the run, hands the command the run's engine, and prints and
+writes what the command returns.
 """
 
 from __future__ import annotations
@@ -24,16 +26,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", "-c", required=True, help="experiment YAML path or configs/experiment name")
+    def with_overrides(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--set",
             dest="overrides",
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="override a config value, e.g. --set train.max_steps=100 (repeatable)",
+            help="override a config value, e.g. --set train.max_steps=100 or --set sampler.steps=8 (repeatable)",
         )
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", required=True, help="experiment YAML path or configs/experiment name")
+        with_overrides(p)
 
     p = sub.add_parser("train", help="train an experiment, then evaluate it on the test split")
     with_config(p)
@@ -42,18 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder or checkpoint folder")
     p.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable)")
     p.add_argument("--image", default=None, help="an image file for the prompt (vision runs)")
-    p.add_argument("--length", type=int, default=None, help="protein runs: residues per generated sequence")
-    p.add_argument("--num", type=int, default=4, help="protein runs: sequences to generate")
-    p.add_argument("--out", default=None, help="protein runs: FASTA file to write (default: the run's samples/)")
     p.add_argument("--audio", default=None, help="an audio file for the prompt (speech runs)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set sampler.steps=8",
-    )
+    with_overrides(p)
     p.add_argument(
         "--show-steps",
         action="store_true",
@@ -64,17 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder or checkpoint folder")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None, help="at most this many examples")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    with_overrides(p)
 
-    p = sub.add_parser("deliberate", help="refill part of first-pass ASR hypotheses with a speech run")
-    p.add_argument("--run", required=True, help="run folder or checkpoint folder")
-    p.add_argument("--hypotheses", required=True, help="JSON lines: id, hypothesis, audio (or an id of --split)")
-    p.add_argument("--mode", default="low_confidence", choices=["random", "low_confidence", "chunks"])
-    p.add_argument("--ratio", type=float, default=0.3, help="fraction of hypothesis tokens to mask")
-    p.add_argument("--chunks", type=int, default=4, help="chunks for the semi-autoregressive mode")
-    p.add_argument("--text-only", action="store_true", help="withhold the audio (the control)")
-    p.add_argument("--split", default="test", help="task split that hypothesis ids refer to")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    import tasks  # noqa: F401  (registers the tasks' commands)
+    from tasks.commands import TASK_COMMANDS
+
+    for name in TASK_COMMANDS.names():
+        command = TASK_COMMANDS.get(name)
+        p = sub.add_parser(name, help=f"{command.help} ({', '.join(command.tasks)} runs)")
+        p.add_argument("--run", required=True, help="run folder or checkpoint folder")
+        command.add_arguments(p)
+        with_overrides(p)
 
     p = sub.add_parser(
         "shards", help="write training data as WebDataset shards (images | audio | proteins)", add_help=False
@@ -158,15 +153,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"curves: {save_curves(args.run_dir, args.out)}")
         return 0
     from multimodal.train import evaluate as evaluation
-    from multimodal.train import run as runs
+    from multimodal.train.build import load_run
     from multimodal.train.config import load_experiment
 
     if args.command == "show-config":
         print(dump(load_experiment(args.config, args.overrides)), end="")
         return 0
     if args.command == "train":
+        from multimodal.train.run import train
+
         config = load_experiment(args.config, args.overrides)
-        run = runs.train(config)
+        run = train(config)
         if run.rank != 0:  # a multi-process run (torchrun, SLURM): rank 0 reports and evaluates
             return 0
         print(f"run folder: {run.folder}")
@@ -178,61 +175,59 @@ def _dispatch(args: argparse.Namespace) -> int:
             if predictions.is_file():
                 print(f"predictions: {predictions}")
         return 0
+    run = load_run(args.run, args.overrides)
     if args.command == "eval":
-        run = runs.load_run(args.run, args.overrides)
         _print_metrics(evaluation.evaluate(run, args.split, args.limit))
         return 0
-    if args.command == "deliberate":
-        from multimodal.train.deliberate import deliberate_file
-        from tasks.deliberation import DeliberationConfig
-
-        run = runs.load_run(args.run, args.overrides)
-        config = DeliberationConfig(args.mode, args.ratio, args.chunks, args.text_only)
-        _print_metrics(deliberate_file(run, args.hypotheses, config, args.split))
-        return 0
     if args.command == "sample":
-        run = runs.load_run(args.run, args.overrides)
-        if args.length is not None:
-            return _sample_proteins(run, args)
-        if not args.prompt:
-            raise ValueError("sample needs --prompt (or --length for protein runs)")
-        layouts = [run.task.layout_for_prompt(p, image=args.image, audio=args.audio) for p in args.prompt]
-        texts, out = evaluation.answer_layouts(run, layouts)
-        for i, (prompt, text) in enumerate(zip(args.prompt, texts, strict=True)):
-            print(f"{prompt} -> {text}")
-            if args.show_steps:
-                from multimodal.visualize import save_denoising_order
-
-                ids = out.generated[i].tolist()
-                tokens = [run.tokenizer.decode([t], skip_special=False) for t in ids]
-                path = save_denoising_order(
-                    run.folder / "samples" / f"steps_{i}.png",
-                    tokens,
-                    out.commit_step[i].tolist(),
-                    title=f"{prompt} -> {text}",
-                )
-                print(f"  denoising order: {path}")
-        return 0
-    raise AssertionError(args.command)
+        return _sample(run, args)
+    return _task_command(run, args)
 
 
-def _sample_proteins(run, args) -> int:
-    """Unconditional protein sequences from a DSM run, written as FASTA with the sampler settings."""
-    from pathlib import Path
+def _sample(run, args: argparse.Namespace) -> int:
+    """Answers to typed prompts (with an image or audio file for media runs)."""
+    if not args.prompt:
+        raise ValueError("sample needs --prompt")
+    engine = run.engine()
+    layouts = [run.task.layout_for_prompt(p, image=args.image, audio=args.audio) for p in args.prompt]
+    out = engine.generate(run.task.prompt_batch(layouts, run.tokenizer, engine.modalities))
+    for i, (prompt, text) in enumerate(zip(args.prompt, engine.texts(out), strict=True)):
+        print(f"{prompt} -> {text}")
+        if args.show_steps:
+            from multimodal.visualize import save_denoising_order
 
-    from tasks.protein import sampler_fields
-    from tasks.protein_eval import generate_sequences, write_fasta
+            ids = out.generated[i].tolist()
+            tokens = [run.tokenizer.decode([t], skip_special=False) for t in ids]
+            path = save_denoising_order(
+                run.folder / "samples" / f"steps_{i}.png",
+                tokens,
+                out.commit_step[i].tolist(),
+                title=f"{prompt} -> {text}",
+            )
+            print(f"  denoising order: {path}")
+    return 0
 
-    if args.length <= 0 or args.num <= 0:
-        raise ValueError("--length and --num must be positive")
-    fields = sampler_fields(run.config.sampler)
-    sequences = generate_sequences(run.model, run.tokenizer, [args.length] * args.num, fields, seed=run.config.seed)
-    out = Path(args.out) if args.out else run.folder / "samples" / f"generated_L{args.length}.fasta"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_fasta(out, sequences, " ".join(f"{k}={v}" for k, v in fields.items()))
-    for seq in sequences:
-        print(seq)
-    print(f"FASTA: {out}")
+
+def _task_command(run, args: argparse.Namespace) -> int:
+    """Run a task's own command (tasks/commands.py) on the loaded run; print and write what it returns."""
+    from tasks.commands import TASK_COMMANDS, CommandContext
+
+    command = TASK_COMMANDS.get(args.command)
+    task = run.config.task.name
+    if task not in command.tasks:
+        raise ValueError(
+            f"'{args.command}' works on runs of the {', '.join(command.tasks)} task; {args.run} is a {task} run"
+        )
+    result = command.run(args, CommandContext(run.engine(), run.task, run.folder))
+    for line in result.lines:
+        print(line)
+    if result.metrics is not None:
+        _print_metrics(result.metrics)
+    for name, text in result.files.items():
+        path = run.folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote: {path}")
     return 0
 
 
@@ -245,7 +240,7 @@ def _list(family: str | None, pattern: str) -> int:
     import encoders  # noqa: F401  (fill registries)
     import multimodal.diffusion.schedule  # noqa: F401
     import multimodal.sampling  # noqa: F401
-    import tasks  # noqa: F401
+    import tasks  # noqa: F401  (tasks and their commands)
     from multimodal.backbone import BACKBONE_PRESETS
     from multimodal.registry import ALL_REGISTRIES, suggest
 

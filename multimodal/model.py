@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from multimodal.backbone.transformer import LLaDABackbone
-from multimodal.types import BackboneOutput
+from multimodal.types import BackboneOutput, ModalityIO
 
 
 class MultimodalDiffusionModel(nn.Module):
@@ -53,6 +53,13 @@ class MultimodalDiffusionModel(nn.Module):
 
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.backbone.head(hidden_states)
+
+    def modality_io(self) -> dict[str, ModalityIO]:
+        """What tasks need to lay out each modality: placeholder id, token count and preprocessing."""
+        return {
+            name: ModalityIO(name, self.placeholder_ids[name], adapter.num_tokens, adapter.encoder.preprocess)
+            for name, adapter in self.adapters.items()
+        }
 
     def encode(
         self, modality_inputs: dict[str, torch.Tensor], modality_masks: dict[str, torch.Tensor] | None = None

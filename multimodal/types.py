@@ -118,12 +118,24 @@ class SampleOutput:
         generated: (B, G) the generated region only.
         commit_step: (B, G) the step at which each generated token was committed (-1: never masked).
         nfe: number of network forward evaluations actually run.
+        extras: auxiliary outputs of the modality towers for the prompts' media, by modality (e.g. a
+            speech tower's CTC logits, with ``rows``: the batch row of each item); empty without media.
     """
 
     sequences: torch.Tensor
     generated: torch.Tensor
     commit_step: torch.Tensor
     nfe: int
+    extras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Prompts ready for generation: token lists plus stacked modality inputs (B, K, ...) and item masks (B, K)."""
+
+    prompts: list[list[int]]
+    modality_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    modality_masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Tokenizer(Protocol):

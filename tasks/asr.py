@@ -22,12 +22,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from multimodal.types import SampleOutput
 from tasks.asr_data import read_librispeech, read_manifest, read_speech_shards, record_from_sample, validate
 from tasks.asr_metrics import wer_report
 from tasks.base import TASKS, Layout, Task, TaskConfig, shard_list
-from tasks.vqa_data import ReadStats
+from tasks.evaluation import Evaluation
+from tasks.records import ReadStats
+
+if TYPE_CHECKING:
+    from multimodal.sampling.engine import Engine
 
 log = logging.getLogger(__name__)
 AUDIO_TOKEN = "<audio>"
@@ -184,6 +189,28 @@ class ASRTask(Task):
         if audio_seconds:
             out["audio_seconds"] = round(audio_seconds, 2)
         return out
+
+    def evaluate(self, engine: Engine, split: str = "test", limit: int | None = None) -> Evaluation:
+        """Decode and score (Task.evaluate); a tower with a CTC head is also scored on its own best-path
+        transcripts (``ctc_greedy/*``, and ``ctc_greedy`` in each record): the gap between the two says
+        whether the encoder or the backbone limits the WER. Adds the real-time factor of decoding."""
+        ctc: list[str] = []
+
+        def transcripts(out: SampleOutput, chunk: Sequence[Layout]) -> None:
+            ctc.extend(engine.ctc_texts(out) or [])
+
+        result = self.decode_and_score(engine, split, limit, on_batch=transcripts)
+        metrics, examples = result.metrics, result.metrics["examples"]
+        if ctc and len(ctc) == examples:
+            layouts = self.eval_layouts(split)[:examples]
+            for key, value in self.metrics(ctc, layouts).items():
+                if key.startswith("wer") or key in ("S", "D", "I"):
+                    metrics[f"ctc_greedy/{key}"] = value
+            for record, text in zip(result.records, ctc, strict=True):
+                record["ctc_greedy"] = text
+        if metrics.get("audio_seconds"):
+            metrics["real_time_factor"] = round(metrics["decode_seconds"] / metrics["audio_seconds"], 4)
+        return result
 
     def prediction_details(self, predictions: Sequence[str], layouts: Sequence[Layout]) -> list[dict[str, Any]]:
         report = wer_report(predictions, [lay.answer for lay in layouts], [lay.meta.get("id") for lay in layouts])

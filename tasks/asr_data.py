@@ -8,7 +8,7 @@ and WebDataset shards, with the same bad-record policy as the image readers.
 * Shards: samples ``<key>.flac|wav|...`` + ``<key>.json`` (``text`` and metadata) or ``<key>.txt``.
 
 Missing, corrupt or empty audio and empty transcripts are bad records: ``skip`` counts and drops
-them (logged, and returned in `ReadStats`), ``fail`` raises naming the record. Audio is checked by
+them (logged, and returned in `ReadStats`), ``fail`` raises naming the record (tasks/records.py). Audio is checked by
 decoding its header (soundfile.info), not by decoding the samples, so reading stays fast.
 """
 
@@ -18,13 +18,12 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from tasks.vqa_data import BadRecord, ReadStats
+from tasks.records import BadRecord, Policy, ReadStats, keep, shard_samples
 
 log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
-Policy = Literal["skip", "fail"]
 
 
 def _check_audio(audio: bytes | Path | None, rid: str) -> None:
@@ -51,20 +50,6 @@ def validate(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _keep(record: dict[str, Any], policy: Policy, stats: ReadStats, out: list[dict[str, Any]]) -> None:
-    try:
-        out.append(validate(record))
-        stats.kept += 1
-    except BadRecord as err:
-        if policy == "fail":
-            raise
-        stats.skipped[err.reason] += 1
-
-
-def _log(source: Any, stats: ReadStats) -> None:
-    (log.warning if stats.skipped else log.info)("%s: %s", source, stats.summary())
-
-
 def read_librispeech(root: str | Path, policy: Policy = "skip") -> tuple[list[dict[str, Any]], ReadStats]:
     """Records of a LibriSpeech-style folder (module docstring)."""
     root = Path(root)
@@ -80,8 +65,8 @@ def read_librispeech(root: str | Path, policy: Policy = "skip") -> tuple[list[di
                 (trans.parent / f"{uid}.{e}" for e in AUDIO_EXTENSIONS if (trans.parent / f"{uid}.{e}").is_file()),
                 trans.parent / f"{uid}.flac",
             )
-            _keep({"id": uid, "audio": audio, "text": text.lower()}, policy, stats, out)
-    _log(root, stats)
+            keep({"id": uid, "audio": audio, "text": text.lower()}, validate, policy, stats, out)
+    stats.log(log, root)
     return out, stats
 
 
@@ -110,30 +95,17 @@ def read_manifest(path: str | Path, policy: Policy = "skip") -> tuple[list[dict[
             "audio": (path.parent / audio) if audio else None,
             "text": row.get("text"),
         }
-        _keep(record, policy, stats, out)
-    _log(path, stats)
+        keep(record, validate, policy, stats, out)
+    stats.log(log, path)
     return out, stats
 
 
 def read_speech_shards(paths: list[str | Path], policy: Policy = "skip") -> tuple[list[dict[str, Any]], ReadStats]:
     """Records of WebDataset shards (module docstring); audio bytes are kept encoded."""
-    import webdataset as wds
-
-    urls = [str(p) for p in paths]
-    missing = [u for u in urls if not Path(u).is_file()]
-    if missing:
-        raise FileNotFoundError(f"shard files not found: {', '.join(missing[:5])}")
     stats, out = ReadStats(), []
-
-    def on_error(exn: Exception) -> bool:
-        if policy == "fail":
-            raise exn
-        stats.skipped["unreadable sample"] += 1
-        return True
-
-    for sample in wds.WebDataset(urls, shardshuffle=False, handler=on_error, empty_check=False):
-        _keep(record_from_sample(sample), policy, stats, out)
-    _log(urls[0] if urls else "shards", stats)
+    for sample in shard_samples(paths, policy, stats):
+        keep(record_from_sample(sample), validate, policy, stats, out)
+    stats.log(log, paths[0] if paths else "shards")
     return out, stats
 
 

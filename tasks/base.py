@@ -1,7 +1,8 @@
 """The `Task` interface and the LLaDA SFT collation shared by every task.
 
-A task yields examples per split, lays each out as prompt text + answer text (+ modality inputs in
-later tasks), and scores predictions. Collation follows LLaDA's SFT recipe (PAPERS.md section 1):
+A task yields examples per split, lays each out as prompt text + answer text (+ modality items),
+scores predictions, and evaluates itself through a decoding `Engine` (`evaluate`: decode then score
+by default). Collation follows LLaDA's SFT recipe (PAPERS.md section 1):
 each row is prompt + answer + EOS, padded with EOS to the batch's longest row; everything after the
 prompt, EOS padding included, is maskable, which is how the model learns to stop. Prompts are never
 masked. For generation, prompts are left-padded (padding hidden from attention) and the answer
@@ -17,15 +18,19 @@ pad_id, see `multimodal.types.Tokenizer`), so this package depends on no tokeniz
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from multimodal.registry import new_registry
-from multimodal.types import ModalityIO, MultimodalBatch, Tokenizer
+from multimodal.types import ModalityIO, MultimodalBatch, PromptBatch, SampleOutput, Tokenizer
+from tasks.evaluation import Evaluation, decode_layouts, prediction_records
+
+if TYPE_CHECKING:
+    from multimodal.sampling.engine import Engine
 
 TASKS = new_registry("task", "task")
 
@@ -67,15 +72,6 @@ class Layout:
     media: dict[str, list[Any]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class PromptBatch:
-    """Prompts ready for `generate`: token lists plus stacked modality inputs (B, K, ...) and item masks."""
-
-    prompts: list[list[int]]
-    modality_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
-    modality_masks: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
 class Task:
     """Base class; subclasses set `Config` and implement `examples`, `layout` and `metrics`."""
 
@@ -105,6 +101,29 @@ class Task:
     def prediction_details(self, predictions: Sequence[str], layouts: Sequence[Layout]) -> list[dict[str, Any]]:
         """Per-prediction extras written next to each prediction (alignments, ...); none by default."""
         return [{} for _ in predictions]
+
+    def evaluate(self, engine: Engine, split: str = "test", limit: int | None = None) -> Evaluation:
+        """Decode the split's prompts with the engine's sampler and score them (tasks/evaluation.py).
+
+        Tasks that decode another way (infilling proteins) or score more (a speech tower's own CTC
+        transcripts) override this.
+        """
+        return self.decode_and_score(engine, split, limit)
+
+    def decode_and_score(
+        self,
+        engine: Engine,
+        split: str,
+        limit: int | None = None,
+        on_batch: Callable[[SampleOutput, Sequence[Layout]], None] | None = None,
+    ) -> Evaluation:
+        """The default evaluation: metrics of the decoded answers, then decoding's costs; one record each."""
+        layouts = self.eval_layouts(split)[: limit or None]
+        decoded = decode_layouts(self, engine, layouts, f"decoding {split}", on_batch)
+        metrics: dict[str, Any] = dict(self.metrics(decoded.predictions, layouts))
+        metrics.update({"split": split, "examples": len(layouts), **decoded.stats()})
+        details = self.prediction_details(decoded.predictions, layouts)
+        return Evaluation(metrics, prediction_records(layouts, decoded.predictions, details))
 
     def layout_for_prompt(self, prompt: str, image: str | None = None, audio: str | None = None) -> Layout:
         """A layout for a prompt typed by a user (`mmdiff sample`); media-free tasks refuse media."""

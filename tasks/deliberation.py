@@ -17,14 +17,22 @@ is that it does not help, so the gain must come from listening.
 
 from __future__ import annotations
 
+import argparse
+import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from pathlib import Path
+from typing import Literal
 
 import torch
+from tqdm.auto import tqdm
 
-from multimodal.sampling import SamplerConfig, SpecialIds, create_sampler, infill
+from multimodal.sampling import SamplerConfig
+from multimodal.sampling.engine import EncodedMedia, Engine
+from multimodal.types import MultimodalBatch
 from tasks.base import Layout, Task
+from tasks.commands import CommandContext, CommandOutput, TaskCommand, register_command
 
 
 @dataclass
@@ -47,28 +55,18 @@ def _strip_media(layout: Layout) -> Layout:
 
 @torch.no_grad()
 def deliberate(
-    model: Any,
+    engine: Engine,
     task: Task,
-    tokenizer: Any,
-    modalities: dict[str, Any],
     layouts: Sequence[Layout],
     hypotheses: Sequence[str],
     config: DeliberationConfig,
-    special: SpecialIds,
     generator: torch.Generator | None = None,
 ) -> tuple[list[str], int]:
     """Refill part of each hypothesis; returns the new hypotheses and the model calls made."""
+    tokenizer, special = engine.tokenizer, engine.special
     if config.text_only:
         layouts = [_strip_media(lay) for lay in layouts]
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    batch = task.prompt_batch(layouts, tokenizer, modalities if not config.text_only else {})
-    kwargs: dict[str, Any] = {}
-    if batch.modality_inputs:
-        features, masks, _ = model.encode(
-            {k: v.to(device) for k, v in batch.modality_inputs.items()},
-            {k: v.to(device) for k, v in batch.modality_masks.items()},
-        )
-        kwargs = {"modality_features": features, "feature_masks": masks}
+    batch = task.prompt_batch(layouts, tokenizer, engine.modalities if not config.text_only else {})
     hyp_ids = [tokenizer.encode(h) for h in hypotheses]
     width_p = max(len(p) for p in batch.prompts)
     width_h = max(1, max(len(h) for h in hyp_ids))
@@ -83,26 +81,32 @@ def deliberate(
         if h:
             ids[i, width_p : width_p + len(h)] = torch.tensor(h, dtype=torch.long)
             region[i, width_p : width_p + len(h)] = True
-    ids, attention, region = ids.to(device), attention.to(device), region.to(device)
+    canvas = MultimodalBatch(
+        input_ids=ids,
+        maskable=region,
+        attention_mask=attention,
+        modality_inputs=batch.modality_inputs,
+        modality_masks=batch.modality_masks,
+    )
+    media = engine.encode(canvas)  # once for every call below
     calls = 0
     if config.mode == "chunks":
         for chosen in chunk_masks(region, config.chunks):
-            ids, n = _refill(model, ids, attention, chosen, special, generator, kwargs)
+            canvas, n = _refill(engine, canvas, chosen, generator, media)
             calls += n
     else:
         if config.mode == "low_confidence":
-            scores = _scores(model, ids, attention, region, special, kwargs)
+            scores = _scores(engine, canvas, media)
             calls += 1
         else:
             scores = torch.rand(ids.shape, generator=generator, device=generator.device if generator else "cpu")
-            scores = scores.to(device)
-        ids, n = _refill(
-            model, ids, attention, select_lowest(scores, region, config.mask_ratio), special, generator, kwargs
-        )
+        chosen = select_lowest(scores.cpu(), region, config.mask_ratio)
+        canvas, n = _refill(engine, canvas, chosen, generator, media)
         calls += n
     out = []
+    final = canvas.input_ids.cpu()
     for i in range(b):
-        tokens = ids[i][region[i]].tolist()
+        tokens = final[i][region[i]].tolist()
         out.append(tokenizer.decode([t for t in tokens if t not in (special.eos_id, special.mask_id)]))
     return out, calls
 
@@ -126,21 +130,120 @@ def chunk_masks(region: torch.Tensor, chunks: int) -> list[torch.Tensor]:
     return [region & (piece == c) for c in range(chunks)]
 
 
-def _scores(model, ids, attention, region, special, kwargs) -> torch.Tensor:
-    """Probability of each hypothesis token with the whole hypothesis masked (one forward)."""
-    masked = torch.where(region, torch.full_like(ids, special.mask_id), ids)
-    pos = (attention.cumsum(-1) - 1).clamp_min(0)
-    hidden = model(masked, attention_mask=attention, position_ids=pos, return_logits=False, **kwargs).hidden_states
-    logp = model.head(hidden).float().log_softmax(-1)
+def _scores(engine: Engine, canvas: MultimodalBatch, media: EncodedMedia) -> torch.Tensor:
+    """(B, L) log-probability of each hypothesis token with the whole hypothesis masked (one forward)."""
+    ids = canvas.input_ids
+    masked = torch.where(canvas.maskable, torch.full_like(ids, engine.special.mask_id), ids)
+    logp = engine.logits(replace(canvas, input_ids=masked), media).log_softmax(-1).cpu()
     return logp.gather(-1, ids[..., None]).squeeze(-1)
 
 
-def _refill(model, ids, attention, chosen, special, generator, kwargs) -> tuple[torch.Tensor, int]:
+def _refill(
+    engine: Engine, canvas: MultimodalBatch, chosen: torch.Tensor, generator, media: EncodedMedia
+) -> tuple[MultimodalBatch, int]:
     """Mask `chosen` and infill them one token per model call, most confident first."""
     n = int(chosen.sum(1).max())
     if n == 0:
-        return ids, 0
-    canvas = torch.where(chosen, torch.full_like(ids, special.mask_id), ids)
-    sampler = create_sampler(SamplerConfig(steps=n, gen_length=n, block_length=n))
-    out = infill(model, canvas, sampler, special, attention_mask=attention, generator=generator, **kwargs)
-    return out.sequences, out.nfe
+        return canvas, 0
+    ids = canvas.input_ids
+    masked = torch.where(chosen, torch.full_like(ids, engine.special.mask_id), ids)
+    sampler = SamplerConfig(steps=n, gen_length=n, block_length=n)
+    out = engine.infill(replace(canvas, input_ids=masked), sampler, generator=generator, media=media)
+    return replace(canvas, input_ids=out.sequences.cpu()), out.nfe
+
+
+# ---- `mmdiff deliberate`: a file of first-pass hypotheses (tasks/commands.py)
+
+
+def read_hypotheses(task: Task, path: Path, split: str | None) -> tuple[list[dict], list[Layout], list[str], list[str]]:
+    """Rows of a hypothesis file (JSON lines: ``id``, ``hypothesis``, and ``audio`` or an id of `split`),
+    with the layout, hypothesis and reference of each; ``reference`` / ``text`` give the truth when the
+    split does not."""
+    if not path.is_file():
+        raise FileNotFoundError(f"hypothesis file not found: {path}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
+    known = {lay.meta.get("id"): lay for lay in task.eval_layouts(split)} if split else {}
+    layouts, hyps, refs = [], [], []
+    for n, row in enumerate(rows, start=1):
+        hyp = row.get("hypothesis", row.get("prediction"))
+        if hyp is None:
+            raise ValueError(f"{path}:{n}: no 'hypothesis'")
+        if row.get("audio"):
+            layouts.append(task.layout_for_prompt("", audio=str(path.parent / row["audio"])))
+        elif row.get("id") in known:
+            layouts.append(known[row["id"]])
+        else:
+            raise ValueError(f"{path}:{n}: no 'audio' and id {row.get('id')!r} is not in the '{split}' split")
+        hyps.append(hyp)
+        refs.append(row.get("reference", row.get("text", layouts[-1].answer)))
+    return rows, layouts, hyps, refs
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hypotheses", required=True, help="JSON lines: id, hypothesis, audio (or an id of --split)")
+    p.add_argument("--mode", default="low_confidence", choices=["random", "low_confidence", "chunks"])
+    p.add_argument("--ratio", type=float, default=0.3, help="fraction of hypothesis tokens to mask")
+    p.add_argument("--chunks", type=int, default=4, help="chunks for the semi-autoregressive mode")
+    p.add_argument("--text-only", action="store_true", help="withhold the audio (the control)")
+    p.add_argument("--split", default="test", help="task split that hypothesis ids refer to")
+
+
+def deliberate_command(args: argparse.Namespace, context: CommandContext) -> CommandOutput:
+    """WER of the hypotheses before and after deliberation, the model calls and the real-time factor;
+    the new hypotheses go to eval/deliberation_<mode>[_text_only].jsonl beside the metrics."""
+    from tasks.asr_metrics import wer_report
+
+    config = DeliberationConfig(args.mode, args.ratio, args.chunks, args.text_only)
+    path = Path(args.hypotheses)
+    rows, layouts, hyps, refs = read_hypotheses(context.task, path, args.split)
+    engine = context.engine
+    generator, out, calls, start = engine.generator(), [], 0, time.perf_counter()
+    size = engine.batch_size
+    for i in tqdm(range(0, len(layouts), size), desc="deliberating", unit="batch", leave=False):
+        new, n = deliberate(engine, context.task, layouts[i : i + size], hyps[i : i + size], config, generator)
+        out += new
+        calls += n
+    elapsed = time.perf_counter() - start
+    before, after = wer_report(hyps, refs), wer_report(out, refs)
+    audio = sum(lay.meta.get("duration_s", 0.0) for lay in layouts)
+    result = {
+        "mode": config.mode,
+        "mask_ratio": config.mask_ratio,
+        "chunks": config.chunks,
+        "text_only": config.text_only,
+        "utterances": len(out),
+        "wer_before": before["wer"],
+        "wer_after": after["wer"],
+        "relative_reduction": (before["wer"] - after["wer"]) / max(before["wer"], 1e-9),
+        "model_calls": calls,
+        "seconds": round(elapsed, 3),
+    }
+    if audio:
+        result["real_time_factor"] = round(elapsed / audio, 4)
+    name = f"eval/deliberation_{config.mode}{'_text_only' if config.text_only else ''}"
+    lines = [
+        json.dumps({"id": row.get("id"), "hypothesis": hyp, "deliberated": new, "reference": ref})
+        for row, hyp, new, ref in zip(rows, hyps, out, refs, strict=True)
+    ]
+    files = {
+        f"{name}.jsonl": "".join(line + "\n" for line in lines),
+        f"{name}_metrics.json": json.dumps(result, indent=2),
+    }
+    return CommandOutput(metrics=result, files=files)
+
+
+register_command(
+    TaskCommand(
+        "deliberate",
+        "refill part of first-pass ASR hypotheses with a speech run",
+        ("asr",),
+        _add_arguments,
+        deliberate_command,
+    )
+)

@@ -15,11 +15,12 @@ neighbour pairs), or FASTA / pair files per split, read with the validation poli
 tasks/protein_io.py (bad letters rejected with the record and position, or mapped to X; lengths
 filtered or cropped). Training may instead stream WebDataset shards (``train_shards`` /
 ``layouts_from_sample``, same policy; a random crop is drawn per sample and epoch). Evaluation is
-tasks/protein_eval.py.
+tasks/protein_eval.py; ``mmdiff generate`` (registered at the end) writes unconditional samples.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -27,14 +28,19 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
 from multimodal.types import ModalityIO, MultimodalBatch, Tokenizer
 from tasks.base import TASKS, Layout, Task, TaskConfig, expand_media, shard_list
-from tasks.vqa_data import BadRecord
+from tasks.commands import CommandContext, CommandOutput, TaskCommand, register_command
+from tasks.evaluation import Evaluation
+from tasks.records import BadRecord
+
+if TYPE_CHECKING:
+    from multimodal.sampling.engine import Engine
 
 log = logging.getLogger(__name__)
 PROTEIN_TOKEN = "<protein>"
@@ -220,30 +226,30 @@ class ProteinTask(_ProteinBase):
             [x.meta for x in layouts],
         )
 
-    def evaluate_model(self, model, tokenizer, modalities, split, limit, out_dir, sampler, seed) -> dict[str, Any]:
-        """Mask-filling at every rate, then unconditional generation and its set metrics (FASTA written;
-        skipped when `eval_samples` is 0)."""
-        from tasks.protein_eval import generate_sequences, generated_set_metrics, mask_filling, write_fasta
+    def evaluate(self, engine: Engine, split: str = "test", limit: int | None = None) -> Evaluation:
+        """Mask-filling at every rate, then unconditional generation with the DSM sampler and its set
+        metrics (the sequences come back as ``generated.fasta``; skipped when `eval_samples` is 0)."""
+        from tasks.protein_eval import generate_sequences, generated_set_metrics, mask_filling, samples_fasta
 
         layouts = [self.layout(x) for x in self.examples(split)][: limit or None]
         metrics: dict[str, Any] = {"split": split, "sequences": len(layouts)}
+        cfg = self.config
         metrics["mask_filling"] = mask_filling(
-            model, self, tokenizer, layouts, self.config.mask_rates, modalities, seed=seed, draws=self.config.mask_draws
+            engine, self, layouts, cfg.mask_rates, seed=engine.seed, draws=cfg.mask_draws
         )
-        lengths = [len(x.answer) for x in layouts][: self.config.eval_samples]
+        lengths = [len(x.answer) for x in layouts][: cfg.eval_samples]
         if not lengths:
-            return metrics
-        fields = sampler_fields(sampler)
-        generated = generate_sequences(model, tokenizer, lengths, fields, seed=seed)
+            return Evaluation(metrics)
+        fields = sampler_fields(engine.sampler_config)
+        generated = generate_sequences(engine, lengths, fields, seed=engine.seed)
         train = [x.sequence for x in self.examples("train")]
         metrics["generation"] = {
-            **generated_set_metrics(generated, [x.answer for x in layouts], train, seed),
+            **generated_set_metrics(generated, [x.answer for x in layouts], train, engine.seed),
             "samples": len(generated),
             **fields,
         }
         header = " ".join(f"{k}={v}" for k, v in fields.items())
-        write_fasta(Path(out_dir) / f"{split}_generated.fasta", generated, header)
-        return metrics
+        return Evaluation(metrics, files={"generated.fasta": samples_fasta(generated, header)})
 
     def metrics(self, predictions, layouts) -> dict[str, float]:
         from tasks.protein_metrics import kmer_js_divergence
@@ -324,14 +330,14 @@ class BinderTask(_ProteinBase):
             hits += sum(a == b for a, b in zip(p, lay.answer, strict=False))
         return {"residue_accuracy": hits / max(total, 1)}
 
-    def evaluate_model(self, model, tokenizer, modalities, split, limit, out_dir, sampler, seed) -> dict[str, Any]:
+    def evaluate(self, engine: Engine, split: str = "test", limit: int | None = None) -> Evaluation:
         """Reconstruction of half of each binder given its true target vs another pair's target."""
         from tasks.protein_eval import binder_reconstruction
 
         layouts = [self.layout(x) for x in self.examples(split)][: limit or None]
-        true = binder_reconstruction(model, self, tokenizer, layouts, modalities, 0.5, shuffled=False, seed=seed)
-        other = binder_reconstruction(model, self, tokenizer, layouts, modalities, 0.5, shuffled=True, seed=seed)
-        return {
+        true = binder_reconstruction(engine, self, layouts, 0.5, shuffled=False, seed=engine.seed)
+        other = binder_reconstruction(engine, self, layouts, 0.5, shuffled=True, seed=engine.seed)
+        metrics = {
             "split": split,
             "pairs": len(layouts),
             "reconstruction_true_partner": true,
@@ -339,6 +345,7 @@ class BinderTask(_ProteinBase):
             "gap": true - other,
             "mask_rate": 0.5,
         }
+        return Evaluation(metrics)
 
 
 def sampler_fields(sampler: Any) -> dict[str, Any]:
@@ -347,3 +354,39 @@ def sampler_fields(sampler: Any) -> dict[str, Any]:
     if sampler is not None and getattr(sampler, "name", "") == "dsm":
         fields.update(temperature=sampler.temperature, step_divisor=sampler.step_divisor, remasking=sampler.remasking)
     return fields
+
+
+# ---- `mmdiff generate` (tasks/commands.py)
+
+
+def _generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--length", type=int, required=True, help="residues per generated sequence")
+    p.add_argument("--num", type=int, default=4, help="sequences to generate")
+    p.add_argument(
+        "--out", default=None, help="FASTA file to write (default: the run's samples/generated_L<length>.fasta)"
+    )
+
+
+def generate_command(args: argparse.Namespace, context: CommandContext) -> CommandOutput:
+    """Unconditional sequences from a DSM run with its sampler settings, printed and written as FASTA."""
+    from tasks.protein_eval import generate_sequences, samples_fasta
+
+    if args.length <= 0 or args.num <= 0:
+        raise ValueError("--length and --num must be positive")
+    engine = context.engine
+    fields = sampler_fields(engine.sampler_config)
+    sequences = generate_sequences(engine, [args.length] * args.num, fields, seed=engine.seed)
+    out = str(Path(args.out).resolve()) if args.out else f"samples/generated_L{args.length}.fasta"
+    fasta = samples_fasta(sequences, " ".join(f"{k}={v}" for k, v in fields.items()))
+    return CommandOutput(lines=sequences, files={out: fasta})
+
+
+register_command(
+    TaskCommand(
+        "generate",
+        "unconditional protein sequences from a DSM run, written as FASTA",
+        ("protein",),
+        _generate_arguments,
+        generate_command,
+    )
+)

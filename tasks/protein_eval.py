@@ -14,34 +14,26 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from multimodal.sampling import SpecialIds, create_sampler, infill, sampler_config_class
+from multimodal.sampling import sampler_config_class
+from multimodal.sampling.engine import Engine
+from multimodal.types import MultimodalBatch
 from tasks.base import Layout
 
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 
-def _device(model) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
-def _forward_logits(model, batch, device) -> torch.Tensor:
-    kwargs: dict[str, Any] = {}
-    if batch.modality_inputs:
-        kwargs = {
-            "modality_inputs": {k: v.to(device) for k, v in batch.modality_inputs.items()},
-            "modality_masks": {k: v.to(device) for k, v in batch.modality_masks.items()},
-        }
-    am = None if batch.attention_mask is None else batch.attention_mask.to(device)
-    out = model(batch.input_ids.to(device), attention_mask=am, return_logits=False, **kwargs)
-    return model.head(out.hidden_states).float()
+def non_residue_ids(tokenizer) -> list[int]:
+    """Every token id that is not one of the 20 amino acids (never sampled)."""
+    residues = {tokenizer.token_id(c) for c in RESIDUES}
+    return [i for i in range(len(tokenizer)) if i not in residues]
 
 
 def _random_subset(maskable: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
@@ -55,12 +47,10 @@ def _random_subset(maskable: torch.Tensor, rate: float, generator: torch.Generat
 
 @torch.no_grad()
 def mask_filling(
-    model,
+    engine: Engine,
     task,
-    tokenizer,
     layouts: Sequence[Layout],
     rates: Sequence[float],
-    modalities=None,
     batch_size: int = 32,
     seed: int = 0,
     draws: int = 1,
@@ -72,11 +62,12 @@ def mask_filling(
 
     if draws < 1:
         raise ValueError(f"mask-filling needs at least one draw, got {draws}")
-    device = _device(model)
+    tokenizer = engine.tokenizer
     residue_ids = torch.tensor([tokenizer.token_id(c) for c in RESIDUES])
     lookup = torch.full((len(tokenizer),), -1, dtype=torch.long)
     lookup[residue_ids] = torch.arange(len(RESIDUES))
     results = {}
+    progress = tqdm(total=len(rates) * draws * len(layouts), desc="mask filling", unit="seq", leave=False)
     for rate in rates:
         generator = torch.Generator().manual_seed(seed)
         meter = MaskedTokenMetrics(len(RESIDUES))
@@ -85,11 +76,11 @@ def mask_filling(
             draw = MaskedTokenMetrics(len(RESIDUES))
             for i in range(0, len(layouts), batch_size):
                 chunk = layouts[i : i + batch_size]
-                batch = task.collate(chunk, tokenizer, modalities)
+                batch = task.collate(chunk, tokenizer, engine.modalities)
                 masked = _random_subset(batch.maskable, rate, generator)
                 x0 = batch.input_ids
                 xt = torch.where(masked, torch.full_like(x0, tokenizer.mask_id), x0)
-                logits = _forward_logits(model, type(batch)(**{**batch.__dict__, "input_ids": xt}), device).cpu()
+                logits = engine.logits(replace(batch, input_ids=xt)).cpu()
                 logits = logits[..., residue_ids]  # amino acids only
                 target = lookup[x0]
                 keep = masked & (target >= 0)  # rare letters (X, B, ...) are not scored
@@ -99,28 +90,29 @@ def mask_filling(
                 for row, lay in zip(range(len(chunk)), chunk, strict=True):
                     refs.append(lay.answer)
                     preds.append(tokenizer.decode(filled[row][batch.maskable[row]].tolist()))
+                progress.update(len(chunk))
             per_draw.append(draw.compute()["accuracy"])
         metrics: dict[str, Any] = meter.compute()
         metrics["asc"] = mean_alignment_score(refs, preds)
         metrics["accuracy_per_draw"] = per_draw
         results[f"{round(rate * 100)}%"] = metrics
+    progress.close()
     return results
 
 
 @torch.no_grad()
 def generate_sequences(
-    model, tokenizer, lengths: Sequence[int], sampler_fields: dict[str, Any], seed: int = 0, batch_size: int = 16
+    engine: Engine, lengths: Sequence[int], sampler_fields: dict[str, Any], seed: int = 0, batch_size: int = 16
 ) -> list[str]:
-    """Unconditional sequences of the given lengths: ``<cls> [mask] * n <eos>`` right-padded, infilled."""
-    device = _device(model)
-    forbid = [i for i in range(len(tokenizer)) if i not in {tokenizer.token_id(c) for c in RESIDUES}]
-    cfg = sampler_config_class("dsm")(name="dsm", forbid_ids=forbid, **sampler_fields)
-    sampler = create_sampler(cfg)
-    special = SpecialIds(tokenizer.mask_id, tokenizer.eos_id)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    """Unconditional sequences of the given lengths: ``<cls> [mask] * n <eos>`` right-padded, infilled
+    with the DSM sampler (`sampler_fields`: temperature, step divisor, remasking)."""
+    tokenizer = engine.tokenizer
+    cfg = sampler_config_class("dsm")(name="dsm", forbid_ids=non_residue_ids(tokenizer), **sampler_fields)
+    sampler = engine.sampler(cfg)
+    generator = engine.generator(seed)
     prefix = [tokenizer.cls_id] if getattr(tokenizer, "cls_id", None) is not None else []
     out = []
-    for i in range(0, len(lengths), batch_size):
+    for i in tqdm(range(0, len(lengths), batch_size), desc="generating", unit="batch", leave=False):
         chunk = lengths[i : i + batch_size]
         width = len(prefix) + max(chunk) + 1
         ids = torch.full((len(chunk), width), tokenizer.pad_id, dtype=torch.long)
@@ -128,9 +120,8 @@ def generate_sequences(
         for r, n in enumerate(chunk):
             ids[r, : len(prefix) + n + 1] = torch.tensor(prefix + [tokenizer.mask_id] * n + [tokenizer.eos_id])
             attention[r, : len(prefix) + n + 1] = 1
-        result = infill(
-            model, ids.to(device), sampler, special, attention_mask=attention.to(device), generator=generator
-        )
+        canvas = MultimodalBatch(input_ids=ids, maskable=ids == tokenizer.mask_id, attention_mask=attention)
+        result = engine.infill(canvas, sampler, generator=generator)
         for r, n in enumerate(chunk):
             out.append(tokenizer.decode(result.sequences[r, len(prefix) : len(prefix) + n].tolist()))
     return out
@@ -154,11 +145,9 @@ def generated_set_metrics(
 
 @torch.no_grad()
 def binder_reconstruction(
-    model,
+    engine: Engine,
     task,
-    tokenizer,
     layouts: Sequence[Layout],
-    modalities=None,
     rate: float = 0.5,
     shuffled: bool = False,
     seed: int = 0,
@@ -172,14 +161,13 @@ def binder_reconstruction(
             Layout(prompt=t, answer=lay.answer, meta=lay.meta, media={"protein": [t]})
             for t, lay in zip(targets, layouts, strict=True)
         ]
-    device = _device(model)
-    forbid = [i for i in range(len(tokenizer)) if i not in {tokenizer.token_id(c) for c in RESIDUES}]
-    special = SpecialIds(tokenizer.mask_id, tokenizer.eos_id)
+    tokenizer = engine.tokenizer
+    forbid = non_residue_ids(tokenizer)
     generator = torch.Generator().manual_seed(seed)
     hits = total = 0
-    for i in range(0, len(layouts), batch_size):
-        chunk = layouts[i : i + batch_size]
-        batch = task.collate(chunk, tokenizer, modalities)
+    desc = "binders (shuffled partners)" if shuffled else "binders"
+    for i in tqdm(range(0, len(layouts), batch_size), desc=desc, unit="batch", leave=False):
+        batch = task.collate(layouts[i : i + batch_size], tokenizer, engine.modalities)
         masked = _random_subset(batch.maskable, rate, generator)
         xt = torch.where(masked, torch.full_like(batch.input_ids, tokenizer.mask_id), batch.input_ids)
         n = int(masked.sum(1).max())
@@ -192,27 +180,14 @@ def binder_reconstruction(
             remasking="low_confidence",
             forbid_ids=forbid,
         )
-        kwargs: dict[str, Any] = {}
-        if batch.modality_inputs:
-            feats, fmask, _ = model.encode(
-                {k: v.to(device) for k, v in batch.modality_inputs.items()},
-                {k: v.to(device) for k, v in batch.modality_masks.items()},
-            )
-            kwargs = {"modality_features": feats, "feature_masks": fmask}
-        am = None if batch.attention_mask is None else batch.attention_mask.to(device)
-        out = infill(model, xt.to(device), create_sampler(cfg), special, attention_mask=am, **kwargs)
+        out = engine.infill(replace(batch, input_ids=xt), cfg)
         hits += int((out.sequences.cpu()[masked] == batch.input_ids[masked]).sum())
         total += int(masked.sum())
     return hits / max(total, 1)
 
 
-def write_fasta(path: Path, sequences: Sequence[str], header: str) -> Path:
-    from tasks.protein_io import write_fasta as write
+def samples_fasta(sequences: Sequence[str], header: str) -> str:
+    """Generated sequences as FASTA text, headed ``sample_<i> <header>`` (the sampler settings)."""
+    from tasks.protein_io import format_fasta
 
-    write(path, [(f"sample_{i} {header}", s) for i, s in enumerate(sequences)])
-    return path
-
-
-def save_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
+    return format_fasta([(f"sample_{i} {header}", s) for i, s in enumerate(sequences)])

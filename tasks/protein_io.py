@@ -19,13 +19,14 @@ import io
 import logging
 import re
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from tasks.records import ReadStats as RecordStats
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +90,11 @@ class SequencePolicy:
 
 
 @dataclass
-class ReadStats:
-    """What a reader did: records seen and kept, skips per reason, and the edits it made."""
+class ReadStats(RecordStats):
+    """What a reader did: records seen and kept, skips per reason (RecordStats), and the edits it made."""
 
     source: str = ""
     seen: int = 0
-    kept: int = 0
-    skipped: Counter = field(default_factory=Counter)
     mapped_to_x: int = 0
     cropped: int = 0
     stop_stripped: int = 0
@@ -249,17 +248,13 @@ def read_fasta(
     return out, stats
 
 
-def write_fasta(path: str | Path, records: Iterable[ProteinRecord | tuple[str, str]], width: int = 60) -> int:
-    """Write records as FASTA, sequence lines wrapped at `width`; a ``.gz`` path is gzipped.
+def format_fasta(records: Iterable[ProteinRecord | tuple[str, str]], width: int = 60) -> str:
+    """Records as FASTA text, sequence lines wrapped at `width`.
 
     Args:
         records: `ProteinRecord` (header = id + description) or ``(header, sequence)`` tuples.
-
-    Returns:
-        The number of records written.
     """
-    path = Path(path)
-    buf, n = [], 0
+    buf = []
     for rec in records:
         if isinstance(rec, ProteinRecord):
             header = f"{rec.id} {rec.description}".strip()
@@ -270,15 +265,21 @@ def write_fasta(path: str | Path, records: Iterable[ProteinRecord | tuple[str, s
             raise ValueError(f"bad FASTA header {header!r} (empty or multi-line)")
         buf.append(f">{header}\n")
         buf.extend(seq[i : i + width] + "\n" for i in range(0, len(seq), width))
-        n += 1
-    data = "".join(buf).encode()
+    return "".join(buf)
+
+
+def write_fasta(path: str | Path, records: Iterable[ProteinRecord | tuple[str, str]], width: int = 60) -> int:
+    """Write records as FASTA (`format_fasta`); a ``.gz`` path is gzipped. Returns the number written."""
+    path = Path(path)
+    records = list(records)
+    data = format_fasta(records, width).encode()
     if path.suffix == ".gz":
         # mtime=0 keeps the bytes deterministic
         with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
             f.write(data)
     else:
         path.write_bytes(data)
-    return n
+    return len(records)
 
 
 _PAIR_COLUMNS = {

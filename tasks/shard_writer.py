@@ -43,8 +43,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tasks.records import Policy, ReadStats, keep
+
 log = logging.getLogger(__name__)
-Policy = Literal["skip", "fail"]
 
 
 @dataclass
@@ -133,7 +134,6 @@ def write_image_shards(
 
 def _audio_records(source: Path, policy: Policy) -> tuple[list[dict[str, Any]], dict[str, int]]:
     from tasks.asr_data import AUDIO_EXTENSIONS, read_librispeech, read_manifest, validate
-    from tasks.vqa_data import BadRecord
 
     if source.suffix == ".jsonl":
         records, stats = read_manifest(source, policy)
@@ -148,15 +148,10 @@ def _audio_records(source: Path, policy: Policy) -> tuple[list[dict[str, Any]], 
         rows = _table_rows(source)
     else:
         raise ValueError(f"{source}: expected a folder, a .jsonl manifest or a .tsv/.csv manifest")
-    out, skipped = [], {}
+    stats, out = ReadStats(), []
     for row in rows:
-        try:
-            out.append(validate(row))
-        except BadRecord as err:
-            if policy == "fail":
-                raise
-            skipped[err.reason] = skipped.get(err.reason, 0) + 1
-    return out, skipped
+        keep(row, validate, policy, stats, out)
+    return out, dict(stats.skipped)
 
 
 def _transcript(path: Path) -> str | None:

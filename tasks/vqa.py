@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tasks.base import TASKS, Layout, Task, TaskConfig, shard_list
-from tasks.vqa_data import IMAGE_TOKEN, ReadStats, read_llava_json, read_shards, record_from_sample, validate
+from tasks.records import ReadStats
+from tasks.vqa_data import IMAGE_TOKEN, read_llava_json, read_shards, record_from_sample, validate
 from tasks.vqa_metrics import vqa_report
 
 log = logging.getLogger(__name__)

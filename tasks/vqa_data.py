@@ -8,7 +8,7 @@ through the same validation, so nothing fails later, halfway through an epoch:
   verify it), no conversation or an empty answer, and a placeholder count that differs from the
   image count are bad records;
 * policy ``skip`` drops them and counts each reason (logged, and kept in `ReadStats`); policy
-  ``fail`` raises one error naming the record and the reason.
+  ``fail`` raises one error naming the record and the reason (tasks/records.py).
 """
 
 from __future__ import annotations
@@ -16,34 +16,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from tasks.records import BadRecord, ReadStats, keep, shard_samples
 
 log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
-
-
-@dataclass
-class ReadStats:
-    """What a read kept and what it skipped, by reason."""
-
-    kept: int = 0
-    skipped: Counter = field(default_factory=Counter)
-
-    def summary(self) -> str:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
-        return f"kept {self.kept}, skipped {sum(self.skipped.values())} ({reasons})"
-
-
-class BadRecord(ValueError):
-    """A record that cannot be used, with the reason as a short key."""
-
-    def __init__(self, record_id: str, reason: str, detail: str = ""):
-        super().__init__(f"record {record_id}: {reason}{': ' + detail if detail else ''}")
-        self.reason = reason
 
 
 def _check_image(data: bytes | Path, record_id: str) -> None:
@@ -82,16 +62,6 @@ def validate(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _keep(record: dict[str, Any], policy: str, stats: ReadStats, out: list[dict[str, Any]]) -> None:
-    try:
-        out.append(validate(record))
-        stats.kept += 1
-    except BadRecord as err:
-        if policy == "fail":
-            raise
-        stats.skipped[err.reason] += 1
-
-
 def read_llava_json(
     path: str | Path, image_root: str | Path | None = None, policy: Literal["skip", "fail"] = "skip"
 ) -> tuple[list[dict[str, Any]], ReadStats]:
@@ -118,8 +88,8 @@ def read_llava_json(
             "images": [root / n for n in names],
             **{k: v for k, v in sample.items() if k not in ("id", "image", "conversations")},
         }
-        _keep(record, policy, stats, out)
-    _log(path, stats)
+        keep(record, validate, policy, stats, out)
+    stats.log(log, path)
     return out, stats
 
 
@@ -131,30 +101,10 @@ def read_shards(
     The JSON's ``image`` names the member(s) of the sample holding the image(s); without it the
     sample's single image member is used. Image bytes are kept encoded until collation.
     """
-    import webdataset as wds
-
     stats, out = ReadStats(), []
-    urls = [str(p) for p in paths]
-    missing = [u for u in urls if not Path(u).is_file()]
-    if missing:
-        raise FileNotFoundError(f"shard files not found: {', '.join(missing[:5])}")
-
-    def on_error(exn: Exception) -> bool:
-        if policy == "fail":
-            raise exn
-        stats.skipped["unreadable sample"] += 1
-        return True
-
-    for sample in wds.WebDataset(urls, shardshuffle=False, handler=on_error, empty_check=False):
-        try:
-            record = record_from_sample(sample)
-        except BadRecord as err:
-            if policy == "fail":
-                raise
-            stats.skipped[err.reason] += 1
-            continue
-        _keep(record, policy, stats, out)
-    _log(urls[0] if urls else "shards", stats)
+    for sample in shard_samples(paths, policy, stats):
+        keep(sample, lambda x: validate(record_from_sample(x)), policy, stats, out)
+    stats.log(log, paths[0] if paths else "shards")
     return out, stats
 
 
@@ -180,10 +130,3 @@ def record_from_sample(sample: dict[str, Any]) -> dict[str, Any]:
         "images": images,
         **{k: v for k, v in meta.items() if k not in ("id", "image", "conversations")},
     }
-
-
-def _log(source: Any, stats: ReadStats) -> None:
-    if stats.skipped:
-        log.warning("%s: %s", source, stats.summary())
-    else:
-        log.info("%s: %s", source, stats.summary())

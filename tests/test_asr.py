@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from encoders import create_encoder, create_projector
 from encoders.audio_io import load_audio, log_mel
 from tasks.asr_data import read_librispeech, read_manifest, read_speech_shards
-from tasks.vqa_data import BadRecord
+from tasks.records import BadRecord
 
 
 def flac(seconds=0.5, rate=16000) -> bytes:
@@ -198,8 +199,11 @@ def test_cli_transcribes_one_file(tmp_path, capsys):
     predictions = tmp_path / "spoken_asr" / "eval" / "test_predictions.jsonl"
     for flag in ([], ["--text-only"]):
         assert main(["deliberate", "--run", str(tmp_path / "spoken_asr"), "--hypotheses", str(predictions), *flag]) == 0
-        report = json.loads(capsys.readouterr().out)
+        report, *wrote = capsys.readouterr().out.split("\nwrote: ")
+        report = json.loads(report)
         assert report["utterances"] == 6 and report["text_only"] == bool(flag) and "wer_after" in report
+        name = "deliberation_low_confidence" + ("_text_only" if flag else "")
+        assert [Path(w.strip()).name for w in wrote] == [f"{name}.jsonl", f"{name}_metrics.json"]
     clip = tmp_path / "clip.flac"
     clip.write_bytes(flac(1.0))
     assert main(["sample", "--run", str(tmp_path / "spoken_asr"), "--audio", str(clip), "--prompt", "x"]) == 0

@@ -117,3 +117,24 @@ def test_an_unknown_eval_split_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="train.eval_splits: unknown split 'tset' for task 'digits'"):
         train(load_experiment("digits_reverse", sets))
     assert not (tmp_path / "digits_reverse").exists()
+
+
+@pytest.mark.parametrize(
+    "experiment, override, message",
+    [
+        ("shapes_vqa", "train.pack_length=64", "pack_length needs a token-only task"),
+        ("digits_reverse", "train.pack_length=1000", "exceeds backbone.max_seq_len"),
+        ("digits_reverse", "train.activation_checkpointing=true", "needs train.strategy=fsdp"),
+        ("digits_reverse", "train.eval_splits=[tst]", "unknown split 'tst'"),
+        ("digits_reverse", "train.trainable=[backbone, projektor]", "unknown parts ['projektor']"),
+        ("shapes_vqa", "modalities.image.encoder=conv_tny", "did you mean 'conv_tiny'"),
+        ("digits_reverse", "sampler.block_length=7", "not divisible by block_length 7"),
+        ("digits_reverse", "train.max_steps=-1", "max_steps must be positive"),
+    ],
+)
+def test_show_config_refuses_what_train_refuses(experiment, override, message, capsys):
+    from multimodal.cli import main
+
+    assert main(["show-config", "-c", experiment, "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

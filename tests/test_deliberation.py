@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from multimodal.sampling import SpecialIds
+from multimodal.sampling.engine import Engine
 from multimodal.tokenizer import BuiltinTokenizer
 from tasks.deliberation import DeliberationConfig, chunk_masks, deliberate, select_lowest
 from tasks.digits import DigitsConfig, DigitsTask
@@ -53,18 +54,11 @@ def test_low_confidence_deliberation_repairs_the_wrong_tokens():
     task, tok, layouts, model = build("54321")
     special = SpecialIds(tok.mask_id, tok.eos_id)
     hyp = ["59381"]  # two wrong digits
-    fixed, calls = deliberate(model, task, tok, {}, layouts, hyp, DeliberationConfig("low_confidence", 0.4), special)
+    engine = Engine(model, tok)
+    assert engine.special == special
+    fixed, calls = deliberate(engine, task, layouts, hyp, DeliberationConfig("low_confidence", 0.4))
     assert fixed == ["54321"] and calls == 1 + 2  # one scoring forward, then one token per call
     for mode in ("random", "chunks"):
-        out, _ = deliberate(
-            model,
-            task,
-            tok,
-            {},
-            layouts,
-            hyp,
-            DeliberationConfig(mode, 1.0, chunks=5),
-            special,
-            torch.Generator().manual_seed(0),
-        )
+        config = DeliberationConfig(mode, 1.0, chunks=5)
+        out, _ = deliberate(engine, task, layouts, hyp, config, torch.Generator().manual_seed(0))
         assert out == ["54321"]  # masking everything lets the model rewrite all of it

@@ -14,9 +14,10 @@ import torch
 from multimodal.checkpoint import load_weights
 from multimodal.cli import main
 from multimodal.diffusion.objective import diffusion_loss
+from multimodal.train.build import build_run
 from multimodal.train.config import load_experiment
 from multimodal.train.module import NonFiniteLoss, mask_seed
-from multimodal.train.run import build_run, train
+from multimodal.train.run import train
 
 
 def tiny(tmp_path, *sets: str):

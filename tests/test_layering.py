@@ -59,3 +59,41 @@ def test_backbone_imports_neither_diffusion_nor_sampling():
 def test_the_rule_sees_imports():
     # guard against a parser that silently finds nothing
     assert "torch" in imports_of(ROOT / "multimodal" / "backbone" / "layers.py")
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Project module -> project modules it imports (at the top or inside functions)."""
+    paths = {}
+    for package in ("multimodal", "encoders", "tasks"):
+        for f in files(package):
+            name = ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            paths[name] = f
+    graph = {}
+    for name, f in paths.items():
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        # a package's __init__ importing its own submodules is how registries fill, not a cycle
+        graph[name] = {d for d in deps & set(paths) if d != name and not d.startswith(name + ".")}
+    return graph
+
+
+def test_project_modules_import_in_one_direction():
+    # e.g. training imports evaluation, which imports the run it evaluates, never back (no lazy-import cycles)
+    graph, state = module_graph(), {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for dep in sorted(graph[name]):
+            assert state.get(dep) != "open", f"import cycle: {' -> '.join(path[path.index(dep) :] + [dep])}"
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert "multimodal.train.evaluate" in graph["multimodal.train.run"]  # the rule sees lazy imports

@@ -21,6 +21,7 @@ from multimodal.config import ConfigError
 from multimodal.diffusion.objective import DiffusionConfig, diffusion_loss
 from multimodal.diffusion.schedule import create_schedule
 from multimodal.model import MultimodalDiffusionModel
+from multimodal.train.build import build_run
 from multimodal.train.callbacks import MetricsJsonl
 from multimodal.train.config import TrainConfig, load_experiment
 from multimodal.train.flops import PEAK_BF16_FLOPS, forward_flops, mfu, peak_bf16_flops, training_flops
@@ -34,7 +35,6 @@ from multimodal.train.observe import (
     head_rows,
     sequence_lengths,
 )
-from multimodal.train.run import build_run
 from multimodal.types import MultimodalBatch
 
 

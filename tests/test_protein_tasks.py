@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from multimodal.sampling.engine import Engine
 from multimodal.tokenizer import BuiltinTokenizer, ESMTokenizer
 from tasks.protein import BinderTask, ProteinConfig, ProteinTask
 
@@ -83,9 +84,13 @@ def test_cli_trains_dsm_and_generates_fasta(protein_folder, tmp_path, capsys):
     assert '"mask_filling"' in out and '"js_1mer"' in out
     run = tmp_path / "runs" / "protein_dsm"
     assert (run / "eval" / "test_generated.fasta").read_text().startswith(">sample_0 temperature=1.0")
-    assert main(["sample", "--run", str(run), "--length", "12", "--num", "2"]) == 0
-    lines = capsys.readouterr().out.split()
+    assert main(["generate", "--run", str(run), "--length", "12", "--num", "2"]) == 0
+    lines = capsys.readouterr().out.split("\n")
     assert len(lines[0]) == 12 and set(lines[0]) <= set("ACDEFGHIKLMNPQRSTVWYXBZUO")
+    fasta = run / "samples" / "generated_L12.fasta"
+    assert f"wrote: {fasta}" in lines and fasta.read_text().count(">sample_") == 2
+    assert main(["deliberate", "--run", str(run), "--hypotheses", "x.jsonl"]) == 2  # an ASR command
+    assert "works on runs of the asr task" in capsys.readouterr().err
 
 
 def test_mask_filling_draws_pool_independent_masks(protein_folder):
@@ -99,9 +104,9 @@ def test_mask_filling_draws_pool_independent_masks(protein_folder):
     task = ProteinTask(ProteinConfig(data=str(protein_folder)))
     tok = ESMTokenizer()
     layouts = [task.layout(x) for x in task.examples("train")[:4]]
-    model = ESMDiffusion(build_esm2(*ESM_PRESETS["esm2_tiny"]).eval())
-    one = mask_filling(model, task, tok, layouts, [0.5], seed=3)["50%"]
-    three = mask_filling(model, task, tok, layouts, [0.5], seed=3, draws=3)["50%"]
+    engine = Engine(ESMDiffusion(build_esm2(*ESM_PRESETS["esm2_tiny"])), tok)
+    one = mask_filling(engine, task, layouts, [0.5], seed=3)["50%"]
+    three = mask_filling(engine, task, layouts, [0.5], seed=3, draws=3)["50%"]
     assert three["accuracy_per_draw"][0] == one["accuracy"]  # the first draw is the one-draw evaluation
     assert three["masked_tokens"] == 3 * one["masked_tokens"]  # each draw masks round(rate * n) per sequence
     assert abs(three["accuracy"] - sum(three["accuracy_per_draw"]) / 3) < 1e-12
@@ -114,11 +119,10 @@ def test_evaluation_without_samples_skips_generation(protein_folder, tmp_path):
     from multimodal.backbone.esm import ESMDiffusion
 
     task = ProteinTask(ProteinConfig(data=str(protein_folder), eval_samples=0, mask_rates=[0.5], mask_draws=2))
-    model = ESMDiffusion(build_esm2(*ESM_PRESETS["esm2_tiny"]).eval())
-    out = tmp_path / "eval"
-    out.mkdir()
-    metrics = task.evaluate_model(model, ESMTokenizer(), None, "test", 3, out, None, 0)
+    engine = Engine(ESMDiffusion(build_esm2(*ESM_PRESETS["esm2_tiny"])), ESMTokenizer())
+    result = task.evaluate(engine, "test", 3)
+    metrics = result.metrics
     assert "generation" not in metrics and len(metrics["mask_filling"]["50%"]["accuracy_per_draw"]) == 2
-    assert not list(out.iterdir())  # no FASTA written
+    assert not result.files  # no FASTA
     with pytest.raises(ValueError, match="eval_samples"):
         ProteinConfig(eval_samples=-1)

@@ -13,8 +13,9 @@ from PIL import Image
 from encoders import create_encoder
 from multimodal.tokenizer import BuiltinTokenizer
 from multimodal.types import ModalityIO
+from tasks.records import BadRecord
 from tasks.vqa import VQAConfig, VQATask, caption
-from tasks.vqa_data import BadRecord, read_llava_json, read_shards
+from tasks.vqa_data import read_llava_json, read_shards
 
 
 def png(colour=(255, 0, 0), size=32) -> bytes:

@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import torch
 
-from multimodal.registry import new_registry
+from multimodal.registry import new_registry, suggest
+from multimodal.sampling.caches import CACHES
 from multimodal.sampling.compiled import COMPILE_MODES
 
 SAMPLERS = new_registry("sampler", "sampler")
@@ -45,8 +46,9 @@ class SamplerConfig:
         eos_lowest_confidence: commit EOS/EoT candidates only after every other candidate.
         stop_at_eos: once an EOS is committed, everything after it becomes EOS and the sequence
             stops there (later blocks are skipped).
-        cache: ``none``, Fast-dLLM ``prefix`` or ``dual`` (approximate, refreshed once per block),
-            ``block`` (exact; needs block-causal attention) or dKV-style ``delayed``. See forward.py.
+        cache: a registered cache policy (caches.py): ``none``, Fast-dLLM ``prefix`` or ``dual``
+            (approximate, refreshed once per block), ``block`` (exact; needs block-causal attention) or
+            dKV-style ``delayed``.
         refresh_every: with the delayed cache, a full forward refreshes the cache every this many steps.
         attention: ``full`` (bidirectional, LLaDA) or ``block_causal`` (a position sees the prompt,
             earlier blocks and its own block).
@@ -66,7 +68,7 @@ class SamplerConfig:
     forbid_eos: bool = False
     eos_lowest_confidence: bool = False
     stop_at_eos: bool = False
-    cache: Literal["none", "prefix", "dual", "block", "delayed"] = "none"
+    cache: str = "none"
     attention: Literal["full", "block_causal"] = "full"
     refresh_every: int = 8
     compile: Literal["none", "default", "reduce-overhead"] = "none"
@@ -76,16 +78,24 @@ class SamplerConfig:
             raise SamplerError("steps, gen_length and block_length must be positive")
         if self.temperature < 0:
             raise SamplerError(f"temperature must be >= 0, got {self.temperature}")
-        if self.cache not in ("none", "prefix", "dual", "block", "delayed"):
-            raise SamplerError(f"unknown cache '{self.cache}' (none, prefix, dual, block, delayed)")
+        if self.cache not in CACHES:
+            known = CACHES.names()
+            raise SamplerError(f"unknown cache '{self.cache}'{suggest(self.cache, known)} ({', '.join(known)})")
         if self.refresh_every <= 0:
             raise SamplerError(f"refresh_every must be positive, got {self.refresh_every}")
         if self.attention not in ("full", "block_causal"):
             raise SamplerError(f"unknown attention '{self.attention}' (full, block_causal)")
         if self.compile not in COMPILE_MODES:
             raise SamplerError(f"unknown compile mode '{self.compile}' ({', '.join(COMPILE_MODES)})")
-        if self.cache == "block" and self.attention != "block_causal":
-            raise SamplerError("cache 'block' is exact only with attention 'block_causal'; use prefix or dual")
+        if CACHES.get(self.cache).needs_block_causal and self.attention != "block_causal":
+            raise SamplerError(f"cache '{self.cache}' is exact only with attention 'block_causal'; use prefix or dual")
+        if self.gen_length % self.block_length:
+            raise SamplerError(f"gen_length {self.gen_length} is not divisible by block_length {self.block_length}")
+        if self.steps % (self.gen_length // self.block_length):
+            raise SamplerError(
+                f"steps {self.steps} is not divisible by the number of blocks {self.gen_length // self.block_length} "
+                "(gen_length / block_length)"
+            )
 
 
 @dataclass(frozen=True)

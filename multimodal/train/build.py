@@ -1,4 +1,8 @@
-"""Building the model an experiment names: backbone, modality adapters, LoRA, and what trains.
+"""Building what an experiment names: the model (backbone, modality adapters, LoRA, what trains) and
+the run around it (task, tokenizer, model, folder), freshly built or loaded from a run folder.
+
+The run lives here rather than beside training (run.py) so that training, evaluation and the
+commands that only load a run import in one direction: run.py -> evaluate.py -> build.py.
 
 Parameters belong to parts: ``backbone``, ``encoder`` and ``projector`` (of every modality), and
 ``lora``. `train.trainable` lists the parts that train (LLaDA-V stage 1: the projector only; stage 2:
@@ -8,6 +12,7 @@ all three; Whisper-LLaDA: LoRA and the adapter), `train.part_lr` gives a part it
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -15,14 +20,16 @@ from torch import nn
 
 from multimodal.backbone import LLaDABackbone, create_backbone
 from multimodal.backbone.convert import load_llada_checkpoint
-from multimodal.checkpoint import load_weights
+from multimodal.checkpoint import CONFIG, load_weights
 from multimodal.lora import add_lora
 from multimodal.model import MultimodalDiffusionModel
-from multimodal.train.config import ExperimentConfig
+from multimodal.sampling.engine import Engine
+from multimodal.tokenizer import BuiltinTokenizer, HFTokenizer, build_tokenizer, load_tokenizer
+from multimodal.train.config import TRAINABLE_PARTS, ExperimentConfig, experiment_from_text
 from multimodal.types import ModalityIO
+from tasks import Task, create_task
 
 log = logging.getLogger(__name__)
-PARTS = ("backbone", "encoder", "projector", "lora")
 
 
 def part_of(name: str) -> str:
@@ -103,9 +110,6 @@ def _build_dsm(config: ExperimentConfig, source: Path | None) -> nn.Module:
 
 def apply_trainable(model: nn.Module, config: ExperimentConfig) -> None:
     """Freeze every part not in `train.trainable` (LoRA always trains; frozen encoders may keep groups)."""
-    unknown = set(config.train.trainable) - set(PARTS)
-    if unknown:
-        raise ValueError(f"unknown trainable parts {sorted(unknown)} (choose from {', '.join(PARTS)})")
     for name, param in model.named_parameters():
         part = part_of(name)
         param.requires_grad_(part == "lora" or part in config.train.trainable)
@@ -113,7 +117,7 @@ def apply_trainable(model: nn.Module, config: ExperimentConfig) -> None:
         for name, m in config.modalities.items():
             if m.unlocked_groups:
                 model.adapters[name].encoder.lock(m.unlocked_groups)
-    counts = {p: 0 for p in PARTS}
+    counts = {p: 0 for p in TRAINABLE_PARTS}
     for name, param in model.named_parameters():
         if param.requires_grad:
             counts[part_of(name)] += param.numel()
@@ -122,13 +126,76 @@ def apply_trainable(model: nn.Module, config: ExperimentConfig) -> None:
 
 def modality_io(model: nn.Module) -> dict[str, ModalityIO]:
     """What tasks need to lay out each modality of `model` (empty for a text-only backbone)."""
-    if not isinstance(model, MultimodalDiffusionModel):
-        return {}
-    return {
-        name: ModalityIO(name, model.placeholder_ids[name], adapter.num_tokens, adapter.encoder.preprocess)
-        for name, adapter in model.adapters.items()
-    }
+    return model.modality_io() if isinstance(model, MultimodalDiffusionModel) else {}
 
 
 def backbone_of(model: nn.Module) -> LLaDABackbone:
     return model.backbone if isinstance(model, MultimodalDiffusionModel) else model
+
+
+@dataclass
+class Run:
+    """A built or loaded experiment: config, task, tokenizer, model and its folder (and, after a
+    multi-process `train`, this process's global rank: only rank 0 should evaluate)."""
+
+    config: ExperimentConfig
+    task: Task
+    tokenizer: BuiltinTokenizer | HFTokenizer
+    model: nn.Module
+    folder: Path
+    rank: int = 0
+
+    @property
+    def modalities(self) -> dict[str, ModalityIO]:
+        return modality_io(self.model)
+
+    def engine(self, batch_size: int | None = None) -> Engine:
+        """The decoding engine of this run: its model on `device`, its sampler, seed and evaluation batch size."""
+        cfg = self.config
+        return Engine(
+            self.model,
+            self.tokenizer,
+            cfg.sampler,
+            device=pick_device(cfg.device),
+            seed=cfg.seed,
+            batch_size=batch_size or cfg.train.eval_batch_size,
+        )
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_run(config: ExperimentConfig, tokenizer: BuiltinTokenizer | HFTokenizer | None = None) -> Run:
+    """Create the task, the tokenizer (built from the task's training texts plus the modality
+    placeholders) and the model."""
+    task = create_task(config.task)
+    placeholders = [m.placeholder for m in config.modalities.values()]
+    tokenizer = tokenizer or build_tokenizer(config.tokenizer, task.texts(), specials=placeholders)
+    if config.dsm is None and len(tokenizer) > config.backbone.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but backbone.vocab_size is "
+            f"{config.backbone.vocab_size}; set backbone.vocab_size >= {len(tokenizer)}"
+        )
+    placeholder_ids = {name: tokenizer.token_id(m.placeholder) for name, m in config.modalities.items()}
+    model = build_model(config, placeholder_ids)
+    folder = Path(config.train.output_dir) / config.name
+    return Run(config, task, tokenizer, model, folder)
+
+
+def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Run:
+    """Load a run or checkpoint folder: config (with --set overrides), tokenizer and weights."""
+    folder = checkpoint_folder(Path(path))
+    config = experiment_from_text((folder / CONFIG).read_text(), overrides)
+    tok_file = folder / "tokenizer.json"
+    tokenizer = load_tokenizer(tok_file if tok_file.is_file() else folder / "tokenizer")
+    config = replace(config, init_from=None)
+    run = build_run(config, tokenizer)
+    load_weights(folder, run.model)
+    # the run folder for its last checkpoint; an intermediate checkpoint keeps its evaluations to itself
+    run.folder = folder.parent.parent if folder.name == "last" and folder.parent.name == "checkpoints" else folder
+    return run

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from multimodal.backbone.config import BACKBONE_PRESETS, BackboneConfig
 from multimodal.config import ConfigError, apply_overrides, from_dict, load_yaml
 from multimodal.diffusion.objective import DiffusionConfig
+from multimodal.registry import suggest
 from multimodal.sampling import SamplerConfig, sampler_config_class
 from multimodal.tokenizer import TokenizerConfig
 from tasks import TaskConfig, task_config_class
@@ -217,12 +218,59 @@ def resolve_config_path(name_or_path: str) -> Path:
 def load_experiment(name_or_path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read an experiment YAML (path or configs/experiment name), apply --set overrides, validate."""
     data = load_yaml(resolve_config_path(str(name_or_path)))
-    return from_dict(ExperimentConfig, apply_overrides(data, overrides))
+    return check_experiment(from_dict(ExperimentConfig, apply_overrides(data, overrides)))
 
 
 def experiment_from_text(text: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Parse a resolved config saved next to a checkpoint."""
+    """Parse a resolved config saved next to a checkpoint (with --set overrides), validated."""
     import yaml
 
     data = yaml.safe_load(text) or {}
-    return from_dict(ExperimentConfig, apply_overrides(data, overrides))
+    return check_experiment(from_dict(ExperimentConfig, apply_overrides(data, overrides)))
+
+
+TRAINABLE_PARTS = ("backbone", "encoder", "projector", "lora")
+
+
+def check_experiment(config: ExperimentConfig) -> ExperimentConfig:
+    """The checks that span several fields, made when a config is resolved (so `show-config` refuses
+    what `train` would, before any data is read). What depends on the machine (CUDA for fsdp) or on
+    the data (the tokenizer's size) is checked when the run is built. Returns the config."""
+    import encoders  # noqa: F401  (fills the encoder and projector registries; heavy libraries load later)
+    from encoders import ENCODERS, PROJECTORS
+    from tasks import create_task
+
+    cfg = config.train
+    if cfg.max_steps <= 0:
+        raise ConfigError(f"train.max_steps must be positive, got {cfg.max_steps}")
+    if cfg.pack_length and (config.dsm is not None or config.modalities):
+        raise ConfigError("train.pack_length needs a token-only task on the LLaDA backbone (no dsm, no modalities)")
+    if cfg.pack_length > config.backbone.max_seq_len:
+        raise ConfigError(
+            f"train.pack_length {cfg.pack_length} exceeds backbone.max_seq_len {config.backbone.max_seq_len}"
+        )
+    if cfg.activation_checkpointing and cfg.strategy != "fsdp":
+        raise ConfigError("train.activation_checkpointing needs train.strategy=fsdp")
+    if cfg.strategy == "fsdp" and cfg.eval_every:
+        raise ConfigError("train.eval_every needs the whole model on rank 0; set it to 0 with train.strategy=fsdp")
+    if cfg.streaming and (cfg.bucket_batches or cfg.cache_media):
+        key = "bucket_batches" if cfg.bucket_batches else "cache_media"
+        raise ConfigError(f"train.{key} needs the whole training set; it does not combine with train.streaming")
+    unknown = sorted(set(cfg.trainable) - set(TRAINABLE_PARTS))
+    if unknown:
+        raise ConfigError(f"train.trainable: unknown parts {unknown} (choose from {', '.join(TRAINABLE_PARTS)})")
+    unknown = sorted(set(cfg.part_lr) - set(TRAINABLE_PARTS))
+    if unknown:
+        raise ConfigError(f"train.part_lr: unknown parts {unknown} (choose from {', '.join(TRAINABLE_PARTS)})")
+    for name, m in config.modalities.items():
+        for kind, registry, value in (("encoder", ENCODERS, m.encoder), ("projector", PROJECTORS, m.projector)):
+            if value not in registry:
+                close = suggest(value, registry.names())
+                raise ConfigError(f"modalities.{name}.{kind}: unknown {kind} '{value}'{close}")
+    task = create_task(config.task)
+    for split in cfg.eval_splits if cfg.eval_at_end else ():
+        try:
+            task.check_split(split)
+        except KeyError as err:
+            raise ConfigError(f"train.eval_splits: {err.args[0]}") from None
+    return config

@@ -1,4 +1,5 @@
-r"""Runs: build everything an experiment config names, train it, and load it back.
+r"""Training a run: the Lightning trainer, its data loader, checkpoints and resumption (the run itself,
+built or loaded, is build.py's).
 
 A run folder (train.output_dir / name) holds ``config.yaml`` (resolved), ``metrics.jsonl``,
 ``checkpoints/step_XXXXXXX/`` and ``checkpoints/last/`` (safetensors + config + tokenizer, see
@@ -29,7 +30,7 @@ import functools
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,64 +40,17 @@ from torch import nn
 from multimodal.backbone.layers import LLaDABlock
 from multimodal.checkpoint import CONFIG, link_checkpoint, load_weights, save_checkpoint
 from multimodal.config import ConfigError, dump
-from multimodal.sampling import SpecialIds
-from multimodal.tokenizer import BuiltinTokenizer, HFTokenizer, build_tokenizer, load_tokenizer
-from multimodal.train.build import build_model, checkpoint_folder, modality_io
-from multimodal.train.config import ExperimentConfig, TrainConfig, experiment_from_text
+from multimodal.tokenizer import BuiltinTokenizer, HFTokenizer
+from multimodal.train.build import Run, build_run
+from multimodal.train.config import ExperimentConfig, TrainConfig, check_experiment
 from multimodal.train.media_cache import cached_modalities
 from multimodal.train.packing import PackedCollate
 from multimodal.train.resume import StateCheckpointIO, TrainingState, latest_state, read_position
 from multimodal.train.sampler import ResumableBatchSampler
 from multimodal.types import ModalityIO
-from tasks import Task, create_task
+from tasks import create_task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Run:
-    """A built or loaded experiment: config, task, tokenizer, model and its folder (and, after a
-    multi-process `train`, this process's global rank: only rank 0 should evaluate)."""
-
-    config: ExperimentConfig
-    task: Task
-    tokenizer: BuiltinTokenizer | HFTokenizer
-    model: nn.Module
-    folder: Path
-    rank: int = 0
-
-    @property
-    def special(self) -> SpecialIds:
-        return SpecialIds(self.tokenizer.mask_id, self.tokenizer.eos_id, getattr(self.tokenizer, "eot_id", None))
-
-    @property
-    def modalities(self) -> dict[str, ModalityIO]:
-        return modality_io(self.model)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def build_run(config: ExperimentConfig, tokenizer: BuiltinTokenizer | HFTokenizer | None = None) -> Run:
-    """Create the task, the tokenizer (built from the task's training texts plus the modality
-    placeholders) and the model."""
-    task = create_task(config.task)
-    placeholders = [m.placeholder for m in config.modalities.values()]
-    tokenizer = tokenizer or build_tokenizer(config.tokenizer, task.texts(), specials=placeholders)
-    if config.dsm is None and len(tokenizer) > config.backbone.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {len(tokenizer)} tokens but backbone.vocab_size is "
-            f"{config.backbone.vocab_size}; set backbone.vocab_size >= {len(tokenizer)}"
-        )
-    placeholder_ids = {name: tokenizer.token_id(m.placeholder) for name, m in config.modalities.items()}
-    model = build_model(config, placeholder_ids)
-    folder = Path(config.train.output_dir) / config.name
-    return Run(config, task, tokenizer, model, folder)
 
 
 def _tokenizer_writer(tokenizer: BuiltinTokenizer | HFTokenizer) -> dict[str, Any]:
@@ -138,13 +92,9 @@ def _strategy(cfg: TrainConfig) -> Any:
     whole). It needs CUDA.
     """
     if cfg.strategy != "fsdp":
-        if cfg.activation_checkpointing:
-            raise ConfigError("train.activation_checkpointing needs train.strategy=fsdp")
         return cfg.strategy
     if cfg.accelerator == "cpu" or not torch.cuda.is_available():
         raise ConfigError("train.strategy=fsdp needs CUDA devices; on the CPU use train.strategy=ddp or ddp_spawn")
-    if cfg.eval_every:
-        raise ConfigError("train.eval_every needs the whole model on rank 0; set it to 0 with train.strategy=fsdp")
     from lightning.pytorch.strategies import FSDPStrategy
 
     blocks = {LLaDABlock}
@@ -182,24 +132,14 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     from multimodal.train.observe import TrainingMonitor, build_loggers
 
     cfg = config.train
+    check_experiment(config)  # a config built in Python was not checked at resolution
     strategy = _strategy(cfg)
-    if cfg.pack_length and (config.dsm is not None or config.modalities):
-        raise ConfigError("train.pack_length needs a token-only task on the LLaDA backbone (no dsm, no modalities)")
-    if cfg.pack_length > config.backbone.max_seq_len:
-        raise ConfigError(
-            f"train.pack_length {cfg.pack_length} exceeds backbone.max_seq_len {config.backbone.max_seq_len}"
-        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     shards = _stream_shards(config)
     # the data order and the masking noise have their own seeds; this seeds whatever else draws numbers
     L.seed_everything(config.seed, workers=True, verbose=False)
     run = build_run(config)
-    for split in cfg.eval_splits if cfg.eval_at_end else ():
-        try:  # refused now, not after training
-            run.task.check_split(split)
-        except KeyError as err:
-            raise ConfigError(f"train.eval_splits: {err.args[0]}") from None
     if cfg.compile:
         compile_blocks(run.model)
     module = DiffusionModule(
@@ -275,9 +215,6 @@ def _stream_shards(config: ExperimentConfig) -> list[str] | None:
     cfg = config.train
     if not cfg.streaming:
         return None
-    if cfg.bucket_batches or cfg.cache_media:
-        key = "bucket_batches" if cfg.bucket_batches else "cache_media"
-        raise ConfigError(f"train.{key} needs the whole training set; it does not combine with train.streaming")
     shards = create_task(config.task).train_shards()
     if not shards:
         raise ConfigError(f"train.streaming: task '{config.task.name}' has no WebDataset shards for its training split")
@@ -347,17 +284,3 @@ def _keep_metrics_until(path: Path, step: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)
-
-
-def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Run:
-    """Load a run or checkpoint folder: config (with --set overrides), tokenizer and weights."""
-    folder = checkpoint_folder(Path(path))
-    config = experiment_from_text((folder / CONFIG).read_text(), overrides)
-    tok_file = folder / "tokenizer.json"
-    tokenizer = load_tokenizer(tok_file if tok_file.is_file() else folder / "tokenizer")
-    config = replace(config, init_from=None)
-    run = build_run(config, tokenizer)
-    load_weights(folder, run.model)
-    # the run folder for its last checkpoint; an intermediate checkpoint keeps its evaluations to itself
-    run.folder = folder.parent.parent if folder.name == "last" and folder.parent.name == "checkpoints" else folder
-    return run

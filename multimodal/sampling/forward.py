@@ -52,7 +52,9 @@ class CanvasForward:
     """Computes the logits of one block of the canvas `x` (mutated in place by the loop).
 
     Attributes read by cache policies: `x` (B, L), `special`, `guided` (2B rows), `length` (L) and
-    `cache_filled`.
+    `cache_filled`. `block_index` (B, L), when given, is each row's own block of every column for
+    block-causal attention (the continuous batch aligns rows whose prompts and blocks start at
+    different columns); otherwise every row shares `blocks` and the prompt is block -1.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class CanvasForward:
         config: SamplerConfig,
         special: SpecialIds,
         model_kwargs: dict[str, Any],
+        block_index: torch.Tensor | None = None,
     ):
         self.model, self.x, self.config, self.special, self.kwargs = model, x, config, special, model_kwargs
         self.conditioned, self.blocks = conditioned, blocks
@@ -82,7 +85,10 @@ class CanvasForward:
         self.position_ids = torch.cat([positions] * (rows // b)).contiguous()  # (rows, L)
         self.canvas_index = torch.arange(n, device=x.device).repeat(rows, 1)  # (rows, L)
         mask: torch.Tensor | None = attention_mask.bool()[:, None, None, :] if padded else None  # (B, 1, 1, L)
-        if config.attention == "block_causal":
+        if config.attention == "block_causal" and block_index is not None:  # each row its own blocks (batching.py)
+            allowed = (block_index[:, None, :] <= block_index[:, :, None])[:, None]  # (B, 1, L, L): query, key
+            mask = allowed & mask if mask is not None else allowed
+        elif config.attention == "block_causal":
             blk = block_ids(n, blocks, x.device)
             allowed = blk[None, :] <= blk[:, None]  # (L, L): query row, key column
             allowed = allowed[None, None].expand(b, 1, n, n)

@@ -113,9 +113,7 @@ def _denoise(
     r0, r1 = region
     commit_step = torch.where(x[:, r0:r1] == mask_id, -2, -1).to(x.device)  # -1: given, -2: not yet committed
     eos_stop = cfg.stop_at_eos and special.eos_id is not None
-    # Host synchronisations (module docstring): per step only when a stop condition needs it, per block only
-    # when a block may start without masks (or complete).
-    check_steps = sampler.adaptive or cfg.stop_at_eos
+    # Host synchronisations (module docstring): per block only when a block may start without masks (or complete).
     check_blocks = eos_stop or not blocks_start_masked
     for b, (s, e) in enumerate(blocks):
         masked = x[:, s:e] == mask_id  # (B, Lb)
@@ -125,32 +123,80 @@ def _denoise(
                 break
             if state == 1:  # nothing to do in this block
                 continue
-        n_steps = sampler.steps_for(masked.sum(-1), e - s, steps_per_block)
-        quota = sampler.quota(masked.sum(-1), n_steps)  # (B, n_steps)
-        for i in range(n_steps):
-            if i:
-                masked = x[:, s:e] == mask_id
-                if check_steps and not masked.any().item():  # the block is filled: stop early
-                    break
-            logits = forward.logits(b, i)
-            x0, commit = sampler.step(logits, masked, quota[:, i], special, generator, step=i)
-            x[:, s:e] = torch.where(commit, x0, x[:, s:e])
-            committed = torch.zeros_like(x, dtype=torch.bool)
-            committed[:, s:e] = commit
-            if eos_stop:
-                committed |= _fill_after_eos(x, r0, r1, special.eos_id, mask_id)
-            commit_step.masked_fill_(committed[:, r0:r1], forward.nfe - 1)
-            if callback is not None:
-                callback(StepInfo(nfe=forward.nfe, block=b, step=i, x=x, committed=committed, region=region))
+        decode_block(forward, b, sampler, special, generator, steps_per_block, region, commit_step, callback=callback)
     return SampleOutput(sequences=x, generated=x[:, r0:r1], commit_step=commit_step, nfe=forward.nfe)
 
 
-def _fill_after_eos(x: torch.Tensor, r0: int, r1: int, eos_id: int, mask_id: int) -> torch.Tensor:
-    """Turn every mask after the first committed EOS of each row into EOS; return what changed (B, L)."""
+def decode_block(
+    forward: CanvasForward,
+    b: int,
+    sampler: Any,
+    special: SpecialIds,
+    generator: torch.Generator | None,
+    steps_per_block: int,
+    region: tuple[int, int],
+    commit_step: torch.Tensor | None = None,
+    stop_rows: torch.Tensor | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> None:
+    """The denoising steps of block `b` of `forward.x` (the canvas, updated in place): the loop's body.
+
+    Each step runs one model call for the block's logits, asks the sampler which masked positions to
+    commit and commits them. Used by `generate` / `infill` for every block of a fixed batch, and by the
+    continuous batch (batching.py), whose rows are different requests (then `sampler` is a per-row
+    `RowSamplers` and `stop_rows` says which rows stop at EOS).
+
+    Args:
+        forward: the canvas's model calls (forward.py).
+        b: index of the block in `forward.blocks`.
+        sampler: the commit policy (`steps_for`, `quota`, `step`, `adaptive`).
+        steps_per_block: the configured steps of a block (fixed-schedule policies).
+        region: (start, end) columns of the decoded region; EOS fill and `commit_step` cover it.
+        commit_step: (B, end - start) step index of each commit, written in place (None: not kept).
+        stop_rows: (B,) bool rows whose sampler stops at EOS (None: the sampler config's `stop_at_eos`).
+            The loop ends a block early once it is filled only if the sampler is `adaptive` or its config
+            stops at EOS (RowSamplers is adaptive when every row would end early alone).
+        callback: called after every step with a `StepInfo`.
+    """
+    x, mask_id = forward.x, special.mask_id
+    s, e = forward.blocks[b]
+    r0, r1 = region
+    stops = bool(getattr(sampler.config, "stop_at_eos", False))  # RowSamplers: no config, rows decide
+    eos_stop = (stops or stop_rows is not None) and special.eos_id is not None
+    # One host synchronisation per step, only when a stop condition needs it (module docstring).
+    check_steps = sampler.adaptive or stops
+    masked = x[:, s:e] == mask_id  # (B, Lb)
+    n_steps = sampler.steps_for(masked.sum(-1), e - s, steps_per_block)
+    quota = sampler.quota(masked.sum(-1), n_steps)  # (B, n_steps)
+    for i in range(n_steps):
+        if i:
+            masked = x[:, s:e] == mask_id
+            if check_steps and not masked.any().item():  # the block is filled: stop early
+                break
+        logits = forward.logits(b, i)
+        x0, commit = sampler.step(logits, masked, quota[:, i], special, generator, step=i)
+        x[:, s:e] = torch.where(commit, x0, x[:, s:e])
+        committed = torch.zeros_like(x, dtype=torch.bool)
+        committed[:, s:e] = commit
+        if eos_stop:
+            committed |= _fill_after_eos(x, r0, r1, special.eos_id, mask_id, stop_rows)
+        if commit_step is not None:
+            commit_step.masked_fill_(committed[:, r0:r1], forward.nfe - 1)
+        if callback is not None:
+            callback(StepInfo(nfe=forward.nfe, block=b, step=i, x=x, committed=committed, region=region))
+
+
+def _fill_after_eos(
+    x: torch.Tensor, r0: int, r1: int, eos_id: int, mask_id: int, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Turn every mask after the first committed EOS of each row (of `rows`, default all) into EOS;
+    return what changed (B, L)."""
     region = x[:, r0:r1]  # a view: filled in place
     is_eos = region == eos_id
     after = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
     fill = after & (region == mask_id)
+    if rows is not None:
+        fill &= rows[:, None]
     region.masked_fill_(fill, eos_id)
     changed = torch.zeros_like(x, dtype=torch.bool)
     changed[:, r0:r1] = fill

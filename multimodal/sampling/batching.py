@@ -1,0 +1,322 @@
+"""Continuous batching: sequences join and leave a running batch at block boundaries.
+
+LLaDA decodes a sequence block by block, left to right (generate.py). A block boundary is where a
+sequence's canvas is final up to the block it starts next, and where Fast-dLLM's caches are refreshed
+anyway (a full forward at the block's first step), so it is where a server can change what runs:
+`ContinuousBatch.step()` decodes one block of every active sequence together, then drops the finished
+and cancelled ones and admits waiting ones for the next block. Each sequence keeps its own prompt
+length, answer length, step count, commit policy, temperature, EOS rule and random generator (a
+`Row`); what one model call must share stays with the batch: block length, cache, attention,
+guidance and compile mode (a `SamplerConfig`).
+
+Layout of a cycle: row i's canvas (prompt + answer blocks) is placed so that its current block falls
+on the same columns [S, S + block) as every other row's: left padding before the shorter prefixes,
+right padding after the shorter remainders, both hidden from attention; rotary positions count from
+each row's first real token and block-causal attention uses each row's own blocks, so every row sees
+exactly what it would see decoded alone. Each row draws its noise from its own generator and its
+sampler is called only at the steps it would run alone (`RowSamplers`), so a sequence decodes the same
+tokens whether it runs alone or among others joining and leaving (tests/test_batching.py).
+
+The cycle's `CanvasForward` holds one cache row per sequence. While the batch composition does not
+change it is kept across blocks (the exact block cache then carries over as in `generate`); when a
+sequence joins or leaves, the next cycle lays the canvas out again and its first step is a full
+forward, which Fast-dLLM's prefix and dual caches run at every block start in any case.
+
+The steps of a block are the one loop of generate.py (`decode_block`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from multimodal.sampling.base import Sampler, SamplerConfig, SamplerError, SpecialIds, StepInfo
+from multimodal.sampling.forward import CanvasForward
+from multimodal.sampling.generate import decode_block
+
+
+@dataclass(eq=False)
+class Row:
+    """One sequence of a continuous batch: its settings (given) and its decoding state (kept here).
+
+    Attributes:
+        prompt: token ids of the prompt (placeholders expanded).
+        sampler: its commit policy and settings; `config.gen_length` tokens are decoded after the prompt.
+        generator: its own noise (None: torch's default).
+        media: model keyword arguments of its media, one row (``modality_features`` (1, N, D) and
+            ``feature_masks`` (1, N) by modality), or empty.
+        tag: the caller's handle (a server request).
+        on_step: called after each step with (row, positions committed in the answer, their tokens).
+        tokens: (P + G,) the canvas: prompt, then the answer (masks until committed).
+        block: index of the answer block decoded next.
+        nfe: model calls this row has been part of.
+        commit_step: (G,) the row's call index at which each answer token was committed (-2: not yet).
+        cancelled: set by the caller; the row leaves at the next block boundary.
+    """
+
+    prompt: list[int]
+    sampler: Sampler
+    generator: torch.Generator | None = None
+    media: dict[str, Any] = field(default_factory=dict)
+    tag: Any = None
+    on_step: Callable[[Row, list[int], list[int]], None] | None = None
+    tokens: torch.Tensor | None = None
+    block: int = 0
+    nfe: int = 0
+    commit_step: torch.Tensor | None = None
+    cancelled: bool = False
+
+    @property
+    def config(self) -> SamplerConfig:
+        return self.sampler.config
+
+    @property
+    def num_blocks(self) -> int:
+        return self.config.gen_length // self.config.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.config.steps // self.num_blocks
+
+    @property
+    def answer(self) -> torch.Tensor:
+        """(G,) the answer tokens so far."""
+        return self.tokens[len(self.prompt) :]
+
+    @property
+    def finished(self) -> bool:
+        """Every block decoded, or (EOS stop) no mask left after a committed EOS filled the rest."""
+        return self.block >= self.num_blocks
+
+
+class RowSamplers:
+    """The rows' own samplers behind one sampler interface, for `decode_block`.
+
+    Row i's sampler is called at exactly the steps it would run decoding alone, with its own row of
+    logits, quota and generator: its own step count for the block and, when its policy is adaptive or
+    it stops at EOS, not after its block is filled (alone its loop would have ended there); other rows
+    commit nothing at that step. The block ends early only when every row would end early alone
+    (`adaptive`), so a fixed-schedule row still draws the noise of its remaining steps.
+    """
+
+    config = None
+
+    def __init__(self, rows: list[Row]):
+        self.rows = rows
+        self.ends_early = [r.sampler.adaptive or r.config.stop_at_eos for r in rows]
+        self.adaptive = all(self.ends_early)
+        self.steps: list[int] = []
+
+    def steps_for(self, num_masked: torch.Tensor, block_length: int, steps_per_block: int) -> int:
+        self.steps = [
+            r.sampler.steps_for(num_masked[i : i + 1], block_length, r.steps_per_block) for i, r in enumerate(self.rows)
+        ]
+        return max(self.steps)
+
+    def quota(self, num_masked: torch.Tensor, steps: int) -> torch.Tensor:
+        quota = torch.zeros(len(self.rows), steps, dtype=torch.long, device=num_masked.device)
+        for i, (r, n) in enumerate(zip(self.rows, self.steps, strict=True)):
+            quota[i, :n] = r.sampler.quota(num_masked[i : i + 1], n)[0]
+        return quota
+
+    def step(self, logits, masked, quota, special, generator=None, step=0):
+        x0 = torch.zeros(masked.shape, dtype=torch.long, device=masked.device)
+        commit = torch.zeros_like(masked)
+        filled = (~masked.any(-1)).tolist() if step and any(self.ends_early) else [False] * len(self.rows)
+        for i, r in enumerate(self.rows):
+            if step >= self.steps[i] or (self.ends_early[i] and filled[i]):
+                continue  # decoding alone, this row would not run this step
+            x0_i, commit_i = r.sampler.step(
+                logits[i : i + 1], masked[i : i + 1], quota[i : i + 1], special, r.generator, step
+            )
+            x0[i], commit[i] = x0_i[0], commit_i[0]
+        return x0, commit
+
+
+class ContinuousBatch:
+    """Rows decoded together, block by block, joining and leaving at block boundaries (module docstring).
+
+    Args:
+        model: the model of generate.py (backbone or multimodal model).
+        special: mask / EOS / EoT ids.
+        config: what every row shares: block_length, cache, attention, cfg_scale, compile (its other
+            fields are unused: each row has its own).
+        pad_id: id of the padding columns (hidden from attention).
+        max_rows: most rows decoded together.
+    """
+
+    def __init__(self, model: Any, special: SpecialIds, config: SamplerConfig, pad_id: int = 0, max_rows: int = 32):
+        if max_rows <= 0:
+            raise SamplerError(f"max_rows must be positive, got {max_rows}")
+        self.model, self.special, self.config, self.pad_id, self.max_rows = model, special, config, pad_id, max_rows
+        self.limit = getattr(getattr(model, "config", None), "max_seq_len", None)
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.active: list[Row] = []
+        self.waiting: list[Row] = []
+        self.forward: CanvasForward | None = None
+        self.offsets: list[int] = []
+        self.b = 0  # the current block's index in self.forward.blocks
+        self.calls = 0  # model calls run, all cycles
+
+    # ---- admission
+
+    def check(self, row: Row) -> None:
+        """Refuse a row that can never run here (SamplerError naming what is wrong)."""
+        cfg, shared = row.config, self.config
+        if cfg.block_length != shared.block_length:
+            raise SamplerError(f"block_length {cfg.block_length} differs from the batch's {shared.block_length}")
+        if self.limit is not None and len(row.prompt) + cfg.gen_length > self.limit:
+            raise SamplerError(
+                f"prompt length {len(row.prompt)} + gen_length {cfg.gen_length} exceeds the model context of "
+                f"{self.limit} tokens"
+            )
+        if self.special.mask_id in row.prompt:
+            raise SamplerError("prompts contain the mask token; use infill to fill masks inside a text")
+
+    def add(self, row: Row) -> Row:
+        """Queue a row; it joins at the next block boundary that has room for it."""
+        self.check(row)
+        g = row.config.gen_length
+        row.tokens = torch.tensor(row.prompt + [self.special.mask_id] * g, dtype=torch.long, device=self.device)
+        row.commit_step = torch.full((g,), -2, dtype=torch.long)
+        row.block, row.nfe = 0, 0
+        self.waiting.append(row)
+        return row
+
+    @property
+    def idle(self) -> bool:
+        return not self.active and not self.waiting
+
+    def _width(self, rows: list[Row]) -> int:
+        bl = self.config.block_length
+        before = max(len(r.prompt) + r.block * bl for r in rows)
+        after = max(len(r.tokens) - len(r.prompt) - (r.block + 1) * bl for r in rows)
+        return before + bl + after
+
+    def _admit(self) -> bool:
+        """Drop cancelled rows, admit waiting ones (first come first served) while there is room; True if
+        the batch changed."""
+        changed = any(r.cancelled for r in self.active)
+        self.active = [r for r in self.active if not r.cancelled]
+        self.waiting = [r for r in self.waiting if not r.cancelled]
+        while self.waiting and len(self.active) < self.max_rows:
+            candidate = [*self.active, self.waiting[0]]
+            if self.active and self.limit is not None and self._width(candidate) > self.limit:
+                break  # the canvas would not fit the context: wait until rows leave
+            self.active.append(self.waiting.pop(0))
+            changed = True
+        return changed
+
+    # ---- one block of every row
+
+    def _layout(self) -> None:
+        """Place every active row on one canvas, current blocks aligned (module docstring)."""
+        rows, bl, dev = self.active, self.config.block_length, self.device
+        before = [len(r.prompt) + r.block * bl for r in rows]
+        after = [len(r.tokens) - b - bl for r, b in zip(rows, before, strict=True)]
+        s, tail = max(before), max(after)
+        width = s + bl + tail
+        x = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=dev)
+        attention = torch.zeros_like(x)
+        conditioned = torch.zeros_like(x, dtype=torch.bool)
+        block_index = torch.full_like(x, -width - 1)  # prompt and padding: before every block
+        self.offsets = []
+        for i, (r, b) in enumerate(zip(rows, before, strict=True)):
+            off = s - b
+            x[i, off : off + len(r.tokens)] = r.tokens
+            attention[i, off : off + len(r.tokens)] = 1
+            conditioned[i, off : off + len(r.prompt)] = True
+            answer = torch.arange(off + len(r.prompt), off + len(r.tokens), device=dev)
+            block_index[i, answer] = torch.div(answer - s, bl, rounding_mode="floor")
+            self.offsets.append(off)
+        blocks = [(s + k * bl, s + (k + 1) * bl) for k in range(tail // bl + 1)]
+        kwargs = _stack_media([r.media for r in rows], dev)
+        causal = block_index if self.config.attention == "block_causal" else None
+        self.forward = CanvasForward(
+            self.model, x, attention, conditioned, blocks, self.config, self.special, kwargs, block_index=causal
+        )
+        self.b = 0
+
+    @torch.no_grad()
+    def step(self, callback: Callable[[StepInfo], None] | None = None) -> list[Row]:
+        """Decode the next block of every active row (after admitting waiting rows); returns the rows that
+        finished with it (their `tokens` final). Does nothing when no row is active or waiting."""
+        if self._admit() or self.forward is None:
+            if not self.active:
+                self.forward = None
+                return []
+            self._layout()
+        rows, fwd = self.active, self.forward
+        s, e = fwd.blocks[self.b]
+        width = fwd.x.shape[1]
+        start = fwd.nfe
+        commit = torch.full((len(rows), width - s), -2, dtype=torch.long, device=self.device)
+        stop_rows = torch.tensor([r.config.stop_at_eos for r in rows], device=self.device)
+        step_cb = self._step_events(rows, s, callback) if callback or any(r.on_step for r in rows) else None
+        samplers = RowSamplers(rows)
+        decode_block(fwd, self.b, samplers, self.special, None, 0, (s, width), commit, stop_rows, step_cb)
+        calls = fwd.nfe - start
+        self.calls += calls
+        finished = []
+        for i, r in enumerate(rows):
+            off, p = self.offsets[i], len(r.prompt)
+            r.tokens = fwd.x[i, off : off + len(r.tokens)].clone()
+            # columns [s, width) of row i are its answer positions from (s - off - p) on
+            lo = s - off - p
+            mine = commit[i, : len(r.tokens) - p - lo].cpu()
+            done = mine >= 0
+            r.commit_step[lo:][done] = r.nfe + mine[done] - start
+            r.nfe += calls
+            r.block += 1
+            if not bool((r.answer == self.special.mask_id).any()):  # an EOS stop filled the rest
+                r.block = r.num_blocks
+            if r.finished:
+                finished.append(r)
+        self.active = [r for r in rows if not r.finished]
+        if finished:
+            self.forward = None  # the composition changes: lay the canvas out again
+        else:
+            self.b += 1
+        return finished
+
+    def _step_events(self, rows: list[Row], s: int, callback) -> Callable[[StepInfo], None]:
+        def on_step(info: StepInfo) -> None:
+            if callback is not None:
+                callback(info)
+            for i, r in enumerate(rows):
+                if r.on_step is None:
+                    continue
+                cols = info.committed[i].nonzero().flatten()
+                answer_start = self.offsets[i] + len(r.prompt)
+                r.on_step(r, (cols - answer_start).tolist(), info.x[i, cols].tolist())
+
+        return on_step
+
+    def run(self, callback: Callable[[StepInfo], None] | None = None) -> None:
+        """Step until every row, waiting ones included, has finished."""
+        while not self.idle:
+            self.step(callback)
+
+
+def _stack_media(media: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+    """One row's ``modality_features`` / ``feature_masks`` each -> batch tensors, zero-padded to the most
+    feature vectors (padding marked invalid; a row without a modality has no placeholders for it)."""
+    names = sorted({name for m in media for name in m.get("modality_features", {})})
+    if not names:
+        return {}
+    features, masks = {}, {}
+    for name in names:
+        have = [m["modality_features"][name] if name in m.get("modality_features", {}) else None for m in media]
+        ref = next(f for f in have if f is not None)
+        n = max(f.shape[1] for f in have if f is not None)
+        stacked = ref.new_zeros(len(media), n, ref.shape[-1])
+        valid = torch.zeros(len(media), n, dtype=torch.bool, device=device)
+        for i, (f, m) in enumerate(zip(have, media, strict=True)):
+            if f is not None:
+                stacked[i, : f.shape[1]] = f[0]
+                valid[i, : f.shape[1]] = m["feature_masks"][name][0]
+        features[name], masks[name] = stacked.to(device), valid
+    return {"modality_features": features, "feature_masks": masks}

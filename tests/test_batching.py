@@ -1,0 +1,126 @@
+"""Continuous batching: a sequence decodes the same tokens alone and among others joining and leaving."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from multimodal.backbone import backbone_preset, create_backbone
+from multimodal.model import MultimodalDiffusionModel
+from multimodal.sampling import SamplerConfig, SamplerError, SpecialIds, create_sampler, generate, sampler_config_class
+from multimodal.sampling.batching import ContinuousBatch, Row
+
+V = 256
+SPECIAL = SpecialIds(mask_id=V - 1, eos_id=V - 2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_backbone(backbone_preset("llada_tiny", max_seq_len=128, init_std=0.2)).eval()
+
+
+def config(name="low_confidence", **fields):
+    return sampler_config_class(name)(name=name, block_length=8, **fields)
+
+
+def requests(shared: dict):
+    """Mixed prompt lengths, answer lengths, steps, policies, temperatures and EOS rules."""
+    g = torch.Generator().manual_seed(5)
+    prompt = lambda n: torch.randint(3, V - 3, (n,), generator=g).tolist()  # noqa: E731
+    return [
+        (prompt(5), config(steps=8, gen_length=16, **shared), 1),
+        (prompt(11), config("random", steps=12, gen_length=24, temperature=0.8, **shared), 2),
+        (prompt(3), config("threshold", steps=8, gen_length=8, threshold=0.3, **shared), 3),
+        (prompt(7), config(steps=16, gen_length=32, stop_at_eos=True, temperature=0.5, **shared), 4),
+        (prompt(4), config(steps=32, gen_length=16, temperature=0.7, **shared), 5),  # more steps than tokens
+    ]
+
+
+def alone(model, prompt, cfg, seed, **kwargs):
+    gen = torch.Generator().manual_seed(seed)
+    return generate(model, [prompt], create_sampler(cfg), SPECIAL, generator=gen, **kwargs).generated[0]
+
+
+@pytest.mark.parametrize(
+    "shared",
+    [
+        {},
+        {"cache": "dual"},
+        {"cache": "prefix"},
+        {"cache": "delayed", "refresh_every": 3},
+        {"cache": "block", "attention": "block_causal"},
+        {"cfg_scale": 0.5},
+    ],
+    ids=["none", "dual", "prefix", "delayed", "block", "guidance"],
+)
+def test_rows_joining_and_leaving_decode_as_alone(model, shared):
+    todo = requests(shared)
+    batch = ContinuousBatch(model, SPECIAL, config(steps=8, gen_length=8, **shared), pad_id=0, max_rows=3)
+    rows, joins = [], {0: 2, 1: 1, 2: 1, 4: 1}  # two at the start, then one at each of three later boundaries
+    for cycle in range(40):
+        for _ in range(joins.get(cycle, 0)):
+            prompt, cfg, seed = todo.pop(0)
+            rows.append(batch.add(Row(prompt, create_sampler(cfg), torch.Generator().manual_seed(seed))))
+        batch.step()
+        if batch.idle and not todo:
+            break
+    assert batch.idle and len(rows) == 5
+    for r in rows:  # every answer position committed (random weights may commit the mask id itself)
+        assert r.finished and ((r.commit_step >= 0) | (r.answer == SPECIAL.mask_id)).all()
+    for r in rows:
+        assert torch.equal(r.answer, alone(model, r.prompt, r.config, r.generator.initial_seed())), r.config
+
+
+def test_media_rows_take_their_own_features(model):
+    class Fake(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(3, 128)
+
+        def forward(self, inputs, mask=None):
+            out = self.proj(inputs)
+            return out, torch.ones(out.shape[:2], dtype=torch.bool), {}
+
+    torch.manual_seed(1)
+    mm = MultimodalDiffusionModel(model, {"image": Fake()}, {"image": 7}).eval()
+    cfg = config(steps=8, gen_length=16)
+    batch = ContinuousBatch(mm, SPECIAL, cfg, max_rows=4)
+    items = [([5, 7, 7, 9], torch.randn(1, 1, 2, 3)), ([6, 10, 7, 7, 7, 11], torch.randn(1, 1, 3, 3)), ([8, 9], None)]
+    rows = []
+    for prompt, pixels in items:
+        media = {}
+        if pixels is not None:
+            feats, masks, _ = mm.encode({"image": pixels}, {"image": torch.ones(1, 1, dtype=torch.bool)})
+            media = {"modality_features": feats, "feature_masks": masks}
+        rows.append(batch.add(Row(prompt, create_sampler(cfg), media=media)))
+    batch.run()
+    for r in rows:
+        assert torch.equal(r.answer, generate(mm, [r.prompt], create_sampler(cfg), SPECIAL, **r.media).generated[0])
+
+
+def test_a_cancelled_row_leaves_and_a_waiting_one_takes_its_place(model):
+    cfg = config(steps=12, gen_length=24)
+    batch = ContinuousBatch(model, SPECIAL, cfg, max_rows=2)
+    a, b, c = (batch.add(Row([9, 8, 7 + i], create_sampler(cfg))) for i in range(3))
+    events = []
+    c.on_step = lambda row, positions, tokens: events.append((positions, tokens))
+    batch.step()
+    assert batch.active == [a, b] and batch.waiting == [c]  # two slots
+    a.cancelled = True
+    batch.step()
+    assert batch.active == [b, c] and a.block == 1  # a left at the boundary, c joined
+    batch.run()
+    assert b.finished and c.finished and not a.finished
+    assert sum(len(p) for p, _ in events) == 24 and torch.equal(c.answer, alone(model, c.prompt, cfg, 0))
+
+
+def test_rows_that_cannot_run_are_refused(model):
+    batch = ContinuousBatch(model, SPECIAL, config(steps=8, gen_length=8))
+    with pytest.raises(SamplerError, match="block_length 16 differs"):
+        batch.add(Row([1, 2], create_sampler(SamplerConfig(steps=8, gen_length=16, block_length=16))))
+    with pytest.raises(SamplerError, match="exceeds the model context of 128"):
+        batch.add(Row(list(range(3, 123)), create_sampler(config(steps=8, gen_length=16))))
+    with pytest.raises(SamplerError, match="mask token"):
+        batch.add(Row([1, V - 1], create_sampler(config(steps=8, gen_length=8))))

@@ -71,6 +71,19 @@ def _parser() -> argparse.ArgumentParser:
         command.add_arguments(p)
         with_overrides(p)
 
+    p = sub.add_parser("serve", help="an OpenAI-compatible server with continuous batching (a run or a LLaDA folder)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run folder or checkpoint folder")
+    source.add_argument("--llada", help="a released LLaDA folder (config.json, safetensors, tokenizer)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="most requests decoded together")
+    p.add_argument("--max-queue", type=int, default=64, help="most requests waiting for a slot (then 429)")
+    p.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to finish open requests on SIGTERM")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="LLaDA folder weights")
+    p.add_argument("--device", default="auto", help="LLaDA folder: auto, cpu or cuda")
+    with_overrides(p)
+
     p = sub.add_parser(
         "shards", help="write training data as WebDataset shards (images | audio | proteins)", add_help=False
     )
@@ -175,6 +188,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             if predictions.is_file():
                 print(f"predictions: {predictions}")
         return 0
+    if args.command == "serve":
+        return _serve(args)
     run = load_run(args.run, args.overrides)
     if args.command == "eval":
         _print_metrics(evaluation.evaluate(run, args.split, args.limit))
@@ -206,6 +221,56 @@ def _sample(run, args: argparse.Namespace) -> int:
             )
             print(f"  denoising order: {path}")
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """`mmdiff serve`: a run (its task lays prompts out) or a released LLaDA folder (its chat template)."""
+    from multimodal.serve.backend import LLaDABackend, RunBackend
+    from multimodal.serve.server import serve
+
+    if args.run:
+        from multimodal.train.build import load_run
+
+        backend = RunBackend(load_run(args.run, args.overrides))
+    else:
+        import torch
+
+        from multimodal.train.build import pick_device
+
+        sampler = _sampler_overrides(args.overrides)
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        backend = LLaDABackend(args.llada, sampler, pick_device(args.device), dtype)
+    serve(
+        backend,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+        drain_timeout=args.drain_timeout,
+    )
+    return 0
+
+
+def _sampler_overrides(overrides: list[str]):
+    """A LLaDA folder's decoding: LLaDA's defaults with ``--set sampler.<field>=<value>`` applied."""
+    from dataclasses import asdict
+
+    from multimodal.config import apply_overrides, from_dict
+    from multimodal.sampling import sampler_config_class
+    from multimodal.serve.backend import LLADA_DEFAULT
+
+    data = apply_overrides({}, overrides)
+    if set(data) - {"sampler"}:
+        raise ConfigError(
+            f"serve --llada takes only sampler.* overrides, not {', '.join(sorted(set(data) - {'sampler'}))}"
+        )
+    fields = {**asdict(LLADA_DEFAULT), **data.get("sampler", {})}
+    try:
+        cls = sampler_config_class(fields["name"])
+    except KeyError as err:
+        raise ConfigError(f"sampler.name: {err.args[0]}") from None
+    known = {k: v for k, v in fields.items() if k in cls.__dataclass_fields__ or k in data.get("sampler", {})}
+    return from_dict(cls, known, "sampler.")
 
 
 def _task_command(run, args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from multimodal.types import SampleOutput
 from tasks.asr_data import read_librispeech, read_manifest, read_speech_shards, record_from_sample, validate
 from tasks.asr_metrics import wer_report
-from tasks.base import TASKS, Layout, Task, TaskConfig, shard_list
+from tasks.base import TASKS, Layout, Task, TaskConfig, shard_list, source_name
 from tasks.evaluation import Evaluation
 from tasks.records import ReadStats
 
@@ -155,15 +155,20 @@ class ASRTask(Task):
             meta["voice"] = str(example["voice"])
         return Layout(prompt=self.prompt_text(), answer=example["text"], meta=meta, media={"audio": [example["audio"]]})
 
-    def layout_for_prompt(self, prompt: str, image: str | None = None, audio: str | None = None) -> Layout:
+    def layout_for_prompt(
+        self, prompt: str, image: str | Path | bytes | None = None, audio: str | Path | bytes | None = None
+    ) -> Layout:
         if image:
             raise ValueError("the asr task takes audio, not images")
         if audio is None:
-            raise ValueError("the asr task needs --audio")
-        if not Path(audio).is_file():
-            raise FileNotFoundError(f"audio file not found: {audio}")
+            raise ValueError("the asr task needs audio")
+        if not isinstance(audio, bytes):
+            if not Path(audio).is_file():
+                raise FileNotFoundError(f"audio file not found: {audio}")
+            audio = Path(audio)
+        validate({"id": source_name(audio), "text": "?", "audio": audio})  # unreadable or empty audio: one error
         text = prompt if AUDIO_TOKEN in prompt else self.prompt_text()
-        return Layout(prompt=text, answer="", media={"audio": [Path(audio)]})
+        return Layout(prompt=text, answer="", media={"audio": [audio]})
 
     def texts(self) -> list[str]:
         return [self.prompt_text()] + [r["text"] for r in self.examples("train")]

@@ -125,8 +125,11 @@ class Task:
         details = self.prediction_details(decoded.predictions, layouts)
         return Evaluation(metrics, prediction_records(layouts, decoded.predictions, details))
 
-    def layout_for_prompt(self, prompt: str, image: str | None = None, audio: str | None = None) -> Layout:
-        """A layout for a prompt typed by a user (`mmdiff sample`); media-free tasks refuse media."""
+    def layout_for_prompt(
+        self, prompt: str, image: str | Path | bytes | None = None, audio: str | Path | bytes | None = None
+    ) -> Layout:
+        """A layout for a prompt typed by a user (`mmdiff sample`, the server): media are a file path or
+        the file's bytes, checked here (a bad one raises ValueError naming it); media-free tasks refuse them."""
         if image or audio:
             raise ValueError(f"task '{self.config.name}' takes no images or audio")
         return Layout(prompt=prompt, answer="")
@@ -343,3 +346,8 @@ def create_task(config: TaskConfig) -> Task:
 
 def list_tasks(pattern: str = "*") -> list[str]:
     return TASKS.names(pattern)
+
+
+def source_name(item: str | Path | bytes) -> str:
+    """How a typed prompt's media item is named in errors: its file, or ``upload`` for bytes."""
+    return "upload" if isinstance(item, bytes) else str(item)

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tasks.base import TASKS, Layout, Task, TaskConfig, shard_list
+from tasks.base import TASKS, Layout, Task, TaskConfig, shard_list, source_name
 from tasks.records import ReadStats
 from tasks.vqa_data import IMAGE_TOKEN, read_llava_json, read_shards, record_from_sample, validate
 from tasks.vqa_metrics import vqa_report
@@ -179,15 +179,20 @@ class VQATask(Task):
         """The `train_layouts` of one shard sample, validated as `read_shards` validates it."""
         return self._record_layouts(validate(record_from_sample(sample)), self.config.turns)
 
-    def layout_for_prompt(self, prompt: str, image: str | None = None, audio: str | None = None) -> Layout:
+    def layout_for_prompt(
+        self, prompt: str, image: str | Path | bytes | None = None, audio: str | Path | bytes | None = None
+    ) -> Layout:
         if audio:
             raise ValueError("the vqa task takes images, not audio")
         if image is None:
-            raise ValueError("the vqa task needs --image")
-        if not Path(image).is_file():
-            raise FileNotFoundError(f"image not found: {image}")
+            raise ValueError("the vqa task needs an image")
+        if not isinstance(image, bytes):
+            if not Path(image).is_file():
+                raise FileNotFoundError(f"image not found: {image}")
+            image = Path(image)
+        validate({"id": source_name(image), "conversations": _one_turn(IMAGE_TOKEN), "images": [image]})  # unreadable: one error
         question = prompt if IMAGE_TOKEN in prompt else f"{IMAGE_TOKEN}\n{prompt}"
-        return Layout(prompt=question, answer="", media={"image": [Path(image)]})
+        return Layout(prompt=question, answer="", media={"image": [image]})
 
     def texts(self) -> list[str]:
         """Questions, answers and captions whatever the mode, so caption (stage 1) and question
@@ -225,3 +230,8 @@ class VQATask(Task):
         out = {t: hits[t] / totals[t] for t in totals}
         out["overall"] = sum(hits.values()) / max(sum(totals.values()), 1)
         return out
+
+
+def _one_turn(question: str) -> list[dict[str, str]]:
+    """A question with a placeholder answer, so a typed prompt's image goes through the records' checks."""
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": "?"}]

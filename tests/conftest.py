@@ -1,4 +1,5 @@
-"""Shared fixtures. An autouse guard makes every network connection fail: tests run offline."""
+"""Shared fixtures. An autouse guard makes every network connection fail (loopback excepted, for the
+server tests): tests run offline."""
 
 from __future__ import annotations
 
@@ -15,14 +16,31 @@ class NetworkBlocked(RuntimeError):
     pass
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _loopback(address) -> bool:
+    return isinstance(address, tuple) and len(address) >= 2 and address[0] in LOOPBACK
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    def guard(*args, **kwargs):
-        raise NetworkBlocked("tests must not open network connections")
+    """Every connection fails but those to this machine's loopback (the server tests' own server)."""
+    connect, connect_ex, create_connection = socket.socket.connect, socket.socket.connect_ex, socket.create_connection
 
-    monkeypatch.setattr(socket.socket, "connect", guard)
-    monkeypatch.setattr(socket.socket, "connect_ex", guard)
-    monkeypatch.setattr(socket, "create_connection", guard)
+    def guarded(original):
+        def call(*args, **kwargs):
+            given = args[1:] if original is not create_connection else args
+            address = given[0] if given else kwargs.get("address")
+            if not _loopback(address):
+                raise NetworkBlocked(f"tests must not open network connections (to {address!r})")
+            return original(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(socket.socket, "connect", guarded(connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded(connect_ex))
+    monkeypatch.setattr(socket, "create_connection", guarded(create_connection))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 

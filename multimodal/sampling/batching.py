@@ -160,6 +160,7 @@ class ContinuousBatch:
         self.offsets: list[int] = []
         self.b = 0  # the current block's index in self.forward.blocks
         self.calls = 0  # model calls run, all cycles
+        self.peak = 0  # most rows decoded together so far
 
     # ---- admission
 
@@ -250,6 +251,7 @@ class ContinuousBatch:
                 return []
             self._layout()
         rows, fwd = self.active, self.forward
+        self.peak = max(self.peak, len(rows))
         s, e = fwd.blocks[self.b]
         width = fwd.x.shape[1]
         start = fwd.nfe

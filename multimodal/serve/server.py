@@ -1,0 +1,66 @@
+"""Running the server: uvicorn over the app, with a graceful drain on SIGTERM / SIGINT.
+
+`serve` starts the decoding thread, builds the app and runs uvicorn. On a signal the scheduler stops
+taking jobs (new requests get 503 and ``/health`` turns 503, so a load balancer takes the replica out)
+while uvicorn stops accepting connections and waits up to `drain_timeout` seconds for the open ones,
+queued and running requests included, to finish; then the decoding thread ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from multimodal.serve.app import create_app
+from multimodal.serve.backend import Backend
+from multimodal.serve.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+def _server_class():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server that first tells the scheduler to drain when asked to exit."""
+
+        scheduler: Scheduler | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.scheduler is not None:
+                self.scheduler.drain()
+            super().handle_exit(sig, frame)
+
+    return DrainingServer
+
+
+def build_server(
+    backend: Backend,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 32,
+    max_queue: int = 64,
+    drain_timeout: float = 60.0,
+    log_level: str = "info",
+) -> Any:
+    """A uvicorn server (not started) over `backend`, with its scheduler running."""
+    import uvicorn
+
+    scheduler = Scheduler(backend.engine, backend.engine.sampler_config, max_batch, max_queue).start()
+    config = uvicorn.Config(
+        create_app(backend, scheduler),
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=drain_timeout,
+    )
+    server = _server_class()(config)
+    server.scheduler = scheduler
+    return server
+
+
+def serve(backend: Backend, **kwargs: Any) -> None:
+    """Serve until SIGTERM / SIGINT, then drain (module docstring)."""
+    server = build_server(backend, **kwargs)
+    log.info("serving %s on http://%s:%d", backend.model_id, server.config.host, server.config.port)
+    server.run()

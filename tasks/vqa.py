@@ -190,7 +190,8 @@ class VQATask(Task):
             if not Path(image).is_file():
                 raise FileNotFoundError(f"image not found: {image}")
             image = Path(image)
-        validate({"id": source_name(image), "conversations": _one_turn(IMAGE_TOKEN), "images": [image]})  # unreadable: one error
+        # an unreadable image is one error naming it, here rather than in the model
+        validate({"id": source_name(image), "conversations": _one_turn(IMAGE_TOKEN), "images": [image]})
         question = prompt if IMAGE_TOKEN in prompt else f"{IMAGE_TOKEN}\n{prompt}"
         return Layout(prompt=question, answer="", media={"image": [image]})
 

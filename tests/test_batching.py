@@ -124,3 +124,30 @@ def test_rows_that_cannot_run_are_refused(model):
         batch.add(Row(list(range(3, 123)), create_sampler(config(steps=8, gen_length=16))))
     with pytest.raises(SamplerError, match="mask token"):
         batch.add(Row([1, V - 1], create_sampler(config(steps=8, gen_length=8))))
+
+
+def test_noise_free_rows_with_equal_settings_share_one_sampler_call(model, monkeypatch):
+    from multimodal.sampling.low_confidence import LowConfidenceSampler
+
+    calls = []
+    original = LowConfidenceSampler.step
+    monkeypatch.setattr(
+        LowConfidenceSampler,
+        "step",
+        lambda self, logits, *a, **k: calls.append(len(logits)) or original(self, logits, *a, **k),
+    )
+    batch = ContinuousBatch(model, SPECIAL, config(steps=8, gen_length=8), max_rows=4)
+    rows = [
+        batch.add(
+            Row(
+                [9, 8, 7][: 1 + i % 3] + [5] * i,
+                create_sampler(config(steps=8 * (1 + i % 2), gen_length=8 * (1 + i % 2))),
+            )
+        )
+        for i in range(4)
+    ]
+    batch.step()
+    assert calls == [4] * 8  # the first block: one call of four rows per step (steps per block are equal)
+    batch.run()
+    for r in rows:
+        assert torch.equal(r.answer, alone(model, r.prompt, r.config, 0))

@@ -308,3 +308,30 @@ def test_image_and_audio_requests_reach_the_run_task(tmp_path):
         files = {"file": ("c.flac", b"not audio")}
         bad = httpx.post(f"{url}/v1/audio/transcriptions", files=files, data={"model": "spoken_asr"})
         assert bad.status_code == 400 and "corrupt audio" in bad.json()["error"]["message"]
+
+
+def test_a_released_llada_folder_chats_through_its_template(tmp_path, capsys):
+    from multimodal.backbone import backbone_preset, create_backbone
+    from multimodal.backbone.convert import save_llada_checkpoint
+    from multimodal.chat import chat_prompt_ids
+    from multimodal.cli import main
+    from multimodal.sampling import SamplerConfig
+    from multimodal.serve.backend import LLaDABackend
+    from tests.test_chat import llada_tokenizer_folder
+
+    torch.manual_seed(0)
+    folder = tmp_path / "LLaDA-tiny-Instruct"
+    save_llada_checkpoint(create_backbone(backbone_preset("llada_tiny", max_seq_len=128, init_std=0.2)), folder)
+    llada_tokenizer_folder(folder)
+    backend = LLaDABackend(folder, SamplerConfig(steps=8, gen_length=16, block_length=8))
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world"}]
+    with running(backend) as (_, _, url):
+        chat = client(url).chat.completions.create(model="LLaDA-tiny-Instruct", messages=messages, seed=0)
+    batch_ids = chat_prompt_ids(backend.engine.tokenizer, messages)
+    from multimodal.types import PromptBatch
+
+    assert chat.choices[0].message.content == alone(backend, PromptBatch([batch_ids]))
+    assert chat.usage.prompt_tokens == len(batch_ids)
+    assert main(["serve", "--llada", str(folder), "--set", "train.max_steps=3"]) == 2  # refused before serving
+    assert "only sampler.* overrides" in capsys.readouterr().err
+    assert main(["serve", "--llada", str(folder), "--set", "sampler.block_length=7"]) == 2

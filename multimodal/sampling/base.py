@@ -166,13 +166,21 @@ class Sampler:
     Attributes:
         adaptive: the policy commits a variable number of tokens per step; the loop then runs until
             the block is filled (at most `block_steps` iterations) instead of a fixed step count.
+        random_order: which masked positions are committed is drawn at random (see `draws_noise`).
     """
 
     Config = SamplerConfig
     adaptive = False
+    random_order = False  # the commit order is drawn at random (then the policy draws noise at any temperature)
 
     def __init__(self, config: SamplerConfig):
         self.config = config
+
+    @property
+    def draws_noise(self) -> bool:
+        """Whether `step` draws from its generator (Gumbel noise, a random order); when not, rows with equal
+        settings can share one call (batching.py)."""
+        return self.config.temperature > 0 or self.random_order
 
     def block_steps(self, block_length: int, steps_per_block: int) -> int:
         """Iterations of the loop for one block (the configured steps; adaptive policies: the block size)."""

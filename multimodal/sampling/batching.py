@@ -99,7 +99,8 @@ class RowSamplers:
     logits, quota and generator: its own step count for the block and, when its policy is adaptive or
     it stops at EOS, not after its block is filled (alone its loop would have ended there); other rows
     commit nothing at that step. The block ends early only when every row would end early alone
-    (`adaptive`), so a fixed-schedule row still draws the noise of its remaining steps.
+    (`adaptive`), so a fixed-schedule row still draws the noise of its remaining steps. Rows that draw
+    no noise (temperature 0, a deterministic order) and have equal settings share one call.
     """
 
     config = None
@@ -109,6 +110,9 @@ class RowSamplers:
         self.ends_early = [r.sampler.adaptive or r.config.stop_at_eos for r in rows]
         self.adaptive = all(self.ends_early)
         self.steps: list[int] = []
+        # rows whose sampler draws no noise and whose settings are equal (answer length, steps aside) give
+        # the same commits called together or alone, so they share a call
+        self.keys = [None if r.sampler.draws_noise else _settings(r.sampler) for r in rows]
 
     def steps_for(self, num_masked: torch.Tensor, block_length: int, steps_per_block: int) -> int:
         self.steps = [
@@ -126,13 +130,17 @@ class RowSamplers:
         x0 = torch.zeros(masked.shape, dtype=torch.long, device=masked.device)
         commit = torch.zeros_like(masked)
         filled = (~masked.any(-1)).tolist() if step and any(self.ends_early) else [False] * len(self.rows)
-        for i, r in enumerate(self.rows):
+        calls: dict[Any, list[int]] = {}  # rows that share one call: same policy and settings, no noise drawn
+        for i in range(len(self.rows)):
             if step >= self.steps[i] or (self.ends_early[i] and filled[i]):
                 continue  # decoding alone, this row would not run this step
-            x0_i, commit_i = r.sampler.step(
-                logits[i : i + 1], masked[i : i + 1], quota[i : i + 1], special, r.generator, step
-            )
-            x0[i], commit[i] = x0_i[0], commit_i[0]
+            key = self.keys[i] if self.keys[i] is not None else ("row", i)
+            calls.setdefault(key, []).append(i)
+        for rows in calls.values():
+            sampler, noise = self.rows[rows[0]].sampler, self.rows[rows[0]].generator
+            index = torch.tensor(rows, device=masked.device)
+            out, chosen = sampler.step(logits[index], masked[index], quota[index], special, noise, step)
+            x0[index], commit[index] = out, chosen
         return x0, commit
 
 
@@ -301,6 +309,14 @@ class ContinuousBatch:
         """Step until every row, waiting ones included, has finished."""
         while not self.idle:
             self.step(callback)
+
+
+def _settings(sampler: Sampler) -> tuple:
+    """What a noise-free sampler's step depends on: its policy and settings but the answer length and step
+    count (each row's steps for a block and its quota are its own, given to the call)."""
+    cfg = sampler.config
+    fields = tuple((k, repr(v)) for k, v in sorted(vars(cfg).items()) if k not in ("gen_length", "steps"))
+    return (type(sampler), fields)
 
 
 def _stack_media(media: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:

@@ -42,6 +42,10 @@ class DSMConfig(SamplerConfig):
 class DSMSampler(Sampler):
     Config = DSMConfig
 
+    @property
+    def random_order(self) -> bool:
+        return self.config.remasking in ("random", "dual")
+
     def steps_for(self, num_masked: torch.Tensor, block_length: int, steps_per_block: int) -> int:
         return max(1, int(num_masked.max()) // self.config.step_divisor)
 

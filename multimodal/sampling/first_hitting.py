@@ -24,6 +24,7 @@ class FirstHittingConfig(SamplerConfig):
 
 @SAMPLERS.register("first_hitting")
 class FirstHittingSampler(Sampler):
+    random_order = True
     Config = FirstHittingConfig
     adaptive = True
 

@@ -12,7 +12,8 @@ TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' }}"
     "{{ m['content'] | trim }}<|eot_id|>{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
 )
-SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>"]
+SPECIALS += ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 WORDS = ["user", "assistant", "system", "hello", "world", "be", "brief", "hi", "[UNK]"]
 
 

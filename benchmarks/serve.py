@@ -10,7 +10,7 @@ of a run gets the same prompt, length and seed in each setting, and the answers 
 batch must not change them.
 
     python benchmarks/serve.py                                   # llada_tiny, 32 requests, batch 1 vs 32
-    python benchmarks/serve.py --preset llada_small --threads 2 --batches 1,8,32
+    python benchmarks/serve.py --preset llada_small --cache dual --batches 1,8,32
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 
-def write_run(folder: Path, preset: str, block: int, context: int) -> None:
+def write_run(folder: Path, preset: str, block: int, context: int, cache: str) -> None:
     """A digit-task run with random weights and `preset`'s shape (vocabulary cut to the tokenizer's)."""
     import torch
 
@@ -50,6 +50,7 @@ def write_run(folder: Path, preset: str, block: int, context: int) -> None:
         f"sampler.gen_length={block}",
         f"sampler.steps={block}",
         "sampler.stop_at_eos=false",
+        f"sampler.cache={cache}",
     ]
     torch.manual_seed(0)
     run = build_run(load_experiment("digits_reverse", sets))
@@ -134,19 +135,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--batches", default="1,32", help="max-batch settings, the first is the baseline")
     parser.add_argument("--block", type=int, default=16)
+    parser.add_argument("--cache", default="none", help="the server's KV cache (none, dual, prefix, ...)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request before it counts as lost")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     requests = workload(args.requests, args.block, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        write_run(Path(tmp), args.preset, args.block, context=256)
+        write_run(Path(tmp), args.preset, args.block, 256, args.cache)
         run_dir = Path(tmp) / "digits_reverse"
         rows = [measure(run_dir, int(b), requests, args.threads, args.timeout) for b in args.batches.split(",")]
     base = rows[0]
     print(
         f"{args.preset} random weights, {args.requests} concurrent /v1/completions (prompts 5-49 tokens, answers "
-        f"{args.block}-{4 * args.block} tokens, one per step, blocks of {args.block}), {args.threads} threads, loopback"
+        f"{args.block}-{4 * args.block} tokens, one per step, blocks of {args.block}), cache {args.cache}, "
+        f"{args.threads} threads, loopback"
     )
     print("| max batch | wall s | answer tok/s | req/s | vs first | p50 s | p99 s | complete | same answers |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from multimodal.backbone import backbone_preset, create_backbone
 from multimodal.model import MultimodalDiffusionModel
@@ -74,14 +73,7 @@ def test_rows_joining_and_leaving_decode_as_alone(model, shared):
 
 
 def test_media_rows_take_their_own_features(model):
-    class Fake(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.proj = nn.Linear(3, 128)
-
-        def forward(self, inputs, mask=None):
-            out = self.proj(inputs)
-            return out, torch.ones(out.shape[:2], dtype=torch.bool), {}
+    from tests.test_model import Fake
 
     torch.manual_seed(1)
     mm = MultimodalDiffusionModel(model, {"image": Fake()}, {"image": 7}).eval()

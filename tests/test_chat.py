@@ -19,23 +19,9 @@ WORDS = ["user", "assistant", "system", "hello", "world", "be", "brief", "hi", "
 
 def llada_tokenizer_folder(folder, template: str | None = TEMPLATE):
     """A tiny Hugging Face tokenizer with LLaDA's special tokens (and, optionally, its chat template)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tests.test_tokenizer import make_hf_folder
 
-    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token="<|startoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="[UNK]",
-        additional_special_tokens=["<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-    )
-    if template is not None:
-        fast.chat_template = template
-    fast.save_pretrained(str(folder))
-    return folder
+    return make_hf_folder(folder, SPECIALS + WORDS, bos_token="<|startoftext|>", chat_template=template)
 
 
 MESSAGES = [

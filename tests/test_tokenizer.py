@@ -37,20 +37,24 @@ def test_not_a_tokenizer_file(tmp_path):
         BuiltinTokenizer.load(tmp_path / "x.json")
 
 
-def make_hf_folder(folder):
+def make_hf_folder(folder, tokens=("<|endoftext|>", "<|mdm_mask|>", "<|eot_id|>", "hello", "world", "[UNK]"), **extra):
+    """A word-level Hugging Face tokenizer saved to `folder`: `tokens` in id order, ``<|...|>`` ones special;
+    `extra` are tokenizer fields (``bos_token``, ``chat_template``)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<|endoftext|>": 0, "<|mdm_mask|>": 1, "<|eot_id|>": 2, "hello": 3, "world": 4, "[UNK]": 5}
+    vocab = {t: i for i, t in enumerate(tokens)}
     core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
+    template = extra.pop("chat_template", None)
+    specials = [t for t in tokens if t.startswith("<|") and t not in (extra.get("bos_token"), "<|endoftext|>")]
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        eos_token="<|endoftext|>",
-        unk_token="[UNK]",
-        additional_special_tokens=["<|mdm_mask|>", "<|eot_id|>"],
+        tokenizer_object=core, eos_token="<|endoftext|>", unk_token="[UNK]", additional_special_tokens=specials, **extra
     )
+    if template is not None:
+        fast.chat_template = template
     fast.save_pretrained(str(folder))
+    return folder
 
 
 def test_hf_tokenizer_from_a_local_folder(tmp_path):

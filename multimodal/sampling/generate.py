@@ -1,4 +1,6 @@
-"""The one generation loop: `generate` (prompt + masked answer canvas) and `infill` (given masks).
+"""The one generation loop: `generate` (prompt + masked answer canvas) and `infill` (given masks),
+both block by block through `decode_block` (the steps of one block), which the continuous batch of a
+server (batching.py) runs as well, with rows that joined at different times.
 
 LLaDA's reference loop (PAPERS.md section 1): the decoded region is split into blocks decoded left
 to right; the steps are split evenly across blocks; each step runs one forward over the whole canvas,

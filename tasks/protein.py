@@ -148,6 +148,12 @@ class _ProteinBase(Task):
     def prompt_batch(self, layouts, tokenizer, modalities=None):
         raise NotImplementedError("protein tasks decode by infilling (tasks/protein_eval.py), not from prompts")
 
+    def layout_for_prompt(self, prompt, image=None, audio=None) -> Layout:
+        raise ValueError(
+            f"the {self.config.name} task decodes by infilling, not from typed prompts; "
+            "sample sequences with `mmdiff generate --run RUN --length N`"
+        )
+
     # ---- streaming (multimodal/train/streaming.py): samples ``<key>.json`` (as tasks/synthetic/proteome.py
     # and tasks/shard_writer.py write them) or, for sequences, ``<key>.txt`` holding the residues
 

@@ -91,6 +91,8 @@ def test_cli_trains_dsm_and_generates_fasta(protein_folder, tmp_path, capsys):
     assert f"wrote: {fasta}" in lines and fasta.read_text().count(">sample_") == 2
     assert main(["deliberate", "--run", str(run), "--hypotheses", "x.jsonl"]) == 2  # an ASR command
     assert "works on runs of the asr task" in capsys.readouterr().err
+    assert main(["sample", "--run", str(run), "--prompt", "MKV"]) == 2
+    assert "mmdiff generate" in capsys.readouterr().err
 
 
 def test_mask_filling_draws_pool_independent_masks(protein_folder):

@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 import time
 
-import torch
+# set before tqdm is first imported: progress bars would interleave with the table
+os.environ.setdefault("TQDM_DISABLE", "1")
 
-from multimodal.backbone import backbone_preset, create_backbone
-from multimodal.sampling import SpecialIds, create_sampler, generate, sampler_config_class
+import torch  # noqa: E402
+
+from multimodal.backbone import backbone_preset, create_backbone  # noqa: E402
+from multimodal.sampling import SpecialIds, create_sampler, generate, sampler_config_class  # noqa: E402
 
 POLICIES = {
     "one-per-step": ("low_confidence", {}),
@@ -150,6 +155,10 @@ def run_table(args) -> None:
 
     run = load_run(args.run)
     base = run.config.sampler
+    blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else [base.block_length]
+    for block in blocks:
+        if base.gen_length % block:
+            print(f"skipped block {block}: the run decodes {base.gen_length} tokens, not a multiple", file=sys.stderr)
     print(
         f"run {args.run}: task {run.config.task.name}, test split, {args.limit} examples, "
         f"gen {base.gen_length}, device {run.config.device}"
@@ -160,9 +169,7 @@ def run_table(args) -> None:
     )
     print(f"|{'-' * 16}|{'-' * 9}|{'-' * 7}|{'-' * 17}|{'-' * 11}|{'-' * 14}|{'-' * 11}|--------|")
     for policy in args.policies.split(","):
-        for block in (int(b) for b in args.blocks.split(",")):
-            if base.gen_length % block:
-                continue
+        for block in (b for b in blocks if base.gen_length % b == 0):
             for mode in args.compile.split(","):
                 for cache in args.caches.split(","):
                     if cache == "block":
@@ -206,7 +213,7 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--gen", type=int, default=256)
     p.add_argument("--steps", type=int, default=None, help="steps for fixed-schedule policies (default: gen)")
-    p.add_argument("--blocks", default="32")
+    p.add_argument("--blocks", default=None, help="comma-separated block lengths (default: 32, or the run's own)")
     p.add_argument("--caches", default="none,prefix,dual")
     p.add_argument("--policies", default="one-per-step")
     p.add_argument("--repeats", type=int, default=1)
@@ -223,6 +230,7 @@ def main() -> None:
     if args.run:
         run_table(args)
     else:
+        args.blocks = args.blocks or "32"
         preset_table(args)
 
 

@@ -57,6 +57,12 @@ class SpeechTower(ModalityEncoder):
 
     def preprocess(self, raw: Any) -> torch.Tensor:
         wave = raw if isinstance(raw, torch.Tensor) else load_audio(raw)
+        limit = getattr(self, "max_frames", None)  # encoders without a fixed window
+        if limit is not None and wave.numel() // 160 > limit:
+            raise ValueError(
+                f"audio of {wave.numel() / SAMPLE_RATE:.1f} s is longer than the {limit * 160 / SAMPLE_RATE:.1f} s "
+                "this encoder takes; split it first"
+            )
         pad = self.spec.preprocess.get("pad_seconds")
         features = log_mel(wave, self.n_mels, pad_seconds=pad)
         return with_validity(features, min(wave.numel() // 160, features.shape[1]))

@@ -19,6 +19,7 @@ from torch import nn
 
 from encoders.base import ENCODERS, EncoderSpec, ModalityEncoder, SequenceFeatures, TokenCount
 from encoders.weights import load_into, load_state_dict
+from multimodal.safeio import read_pickle
 
 # name -> (layers, width, heads), the released ESM2 shapes plus test and CPU-demo sizes
 ESM_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -96,13 +97,7 @@ def load_esm2(weights: str | Path) -> nn.Module:
     else:
         if not path.is_file():
             raise FileNotFoundError(f"ESM checkpoint not found: {path} (weights load from local paths only)")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - the message names the file and the fix
-            raise ValueError(
-                f"{path} cannot be read safely (weights_only): {str(err)[:120]}; convert it to "
-                "safetensors or a Hugging Face ESM folder"
-            ) from None
+        data = read_pickle(path)  # refused or corrupt: one error naming the file
         state = data.get("model", data) if isinstance(data, dict) else data
         state = {k.removeprefix("encoder.sentence_encoder.").removeprefix("encoder."): v for k, v in state.items()}
         layers = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k)))

@@ -1,7 +1,8 @@
 """Reading pretrained weights from local paths only, with safe loaders.
 
 safetensors files are read directly; PyTorch pickles only through ``torch.load(weights_only=True)``,
-which refuses arbitrary objects. A missing path is an error that names it (nothing is downloaded).
+which refuses arbitrary objects (multimodal/safeio.py: a corrupt or refused file is one error naming
+it). A missing path is an error that names it (nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
+from multimodal.safeio import read_pickle, read_safetensors
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -30,10 +33,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path} (weights load from local paths only)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        return read_safetensors(path)[0]
+    state = read_pickle(path)
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

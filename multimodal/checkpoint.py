@@ -25,9 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from multimodal.safeio import read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,8 @@ def write_weights(file: str | Path, state: dict[str, torch.Tensor]) -> None:
 
 def read_weights(file: str | Path) -> dict[str, torch.Tensor]:
     """A state dict written by `write_weights`, aliases restored (tied names share one tensor)."""
-    state = load_file(str(file))
-    with safe_open(str(file), framework="pt") as f:
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    state, metadata = read_safetensors(file)
+    aliases = json.loads(metadata.get("aliases", "{}"))
     for alias, name in aliases.items():
         state[alias] = state[name]
     return state

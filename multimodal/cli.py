@@ -183,16 +183,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         for split in config.train.eval_splits if config.train.eval_at_end else ():
             if len(config.train.eval_splits) > 1:
                 print(f"{split}:")
-            _print_metrics(evaluation.evaluate(run, split, config.train.eval_limit))
-            predictions = run.folder / "eval" / f"{split}_predictions.jsonl"
-            if predictions.is_file():
-                print(f"predictions: {predictions}")
+            _print_evaluation(run, evaluation.evaluate(run, split, config.train.eval_limit))
         return 0
     if args.command == "serve":
         return _serve(args)
     run = load_run(args.run, args.overrides)
     if args.command == "eval":
-        _print_metrics(evaluation.evaluate(run, args.split, args.limit))
+        _print_evaluation(run, evaluation.evaluate(run, args.split, args.limit))
         return 0
     if args.command == "sample":
         return _sample(run, args)
@@ -204,8 +201,28 @@ def _sample(run, args: argparse.Namespace) -> int:
     if not args.prompt:
         raise ValueError("sample needs --prompt")
     engine = run.engine()
+    unknown = getattr(run.tokenizer, "unknown", None)
+    for prompt in args.prompt if unknown else ():
+        if missing := unknown(prompt):
+            shown = ", ".join(repr(t) for t in missing)
+            print(
+                f"mmdiff sample: warning: {shown} in {prompt!r} are not in the run's vocabulary (read as <unk>)",
+                file=sys.stderr,
+            )
     layouts = [run.task.layout_for_prompt(p, image=args.image, audio=args.audio) for p in args.prompt]
-    out = engine.generate(run.task.prompt_batch(layouts, run.tokenizer, engine.modalities))
+    probability, callback = None, None
+    if args.show_steps:  # each answer token's probability when it was committed
+        import torch
+
+        def callback(info) -> None:
+            nonlocal probability
+            r0, r1 = info.region
+            if probability is None:
+                probability = torch.full((info.x.shape[0], r1 - r0), float("nan"))
+            chosen = info.committed[:, r0:r1].cpu()
+            probability[chosen] = info.probability[:, r0:r1].cpu()[chosen]
+
+    out = engine.generate(run.task.prompt_batch(layouts, run.tokenizer, engine.modalities), callback=callback)
     for i, (prompt, text) in enumerate(zip(args.prompt, engine.texts(out), strict=True)):
         print(f"{prompt} -> {text}")
         if args.show_steps:
@@ -218,6 +235,8 @@ def _sample(run, args: argparse.Namespace) -> int:
                 tokens,
                 out.commit_step[i].tolist(),
                 title=f"{prompt} -> {text}",
+                probability=probability[i].tolist(),
+                image=args.image,
             )
             print(f"  denoising order: {path}")
     return 0
@@ -297,8 +316,15 @@ def _task_command(run, args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict) -> None:
-    shown = {k: v for k, v in metrics.items() if k != "sampler"}
+    shown = {k: v for k, v in metrics.items() if k not in ("sampler", "outputs")}
     print(json.dumps(shown, indent=2))
+
+
+def _print_evaluation(run, metrics: dict) -> None:
+    """The metrics, then where the evaluation's files went."""
+    _print_metrics(metrics)
+    for name in metrics.get("outputs", []):
+        print(f"wrote: {run.folder / 'eval' / name}")
 
 
 def _list(family: str | None, pattern: str) -> int:

@@ -91,6 +91,12 @@ class BuiltinTokenizer:
                 out += [self.ids.get(tok, self.unk_id) for tok in self.split(piece)]
         return out
 
+    def unknown(self, text: str) -> list[str]:
+        """The characters (or words) of `text` outside the vocabulary, each once, in order: `encode` maps
+        them to ``<unk>``, which the model never saw in training."""
+        pieces = [tok for piece in self._pieces(text) if piece not in self.extra_specials for tok in self.split(piece)]
+        return list(dict.fromkeys(tok for tok in pieces if tok not in self.ids))
+
     def token_id(self, token: str) -> int:
         """Id of a special token string such as ``<image>``."""
         if token not in self.ids:

@@ -209,10 +209,14 @@ def identity(a: str, b: str) -> float:
     return r.matches / len(db)
 
 
-def max_identity_to(queries: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """(len(queries),) maximum identity of each query to any reference (exhaustive, O(n m) alignments)."""
+def max_identity_to(queries: Sequence[str], references: Sequence[str], progress: str | None = None) -> np.ndarray:
+    """(len(queries),) maximum identity of each query to any reference (exhaustive, O(n m) alignments);
+    `progress` is the label of a progress bar over the queries (None: none)."""
+    from tqdm.auto import tqdm
+
     out = np.zeros(len(queries))
-    for i, q in enumerate(queries):
+    bar = tqdm(queries, desc=progress, unit="seq", disable=progress is None, leave=False)
+    for i, q in enumerate(bar):
         out[i] = max((identity(q, r) for r in references), default=0.0)
     return out
 

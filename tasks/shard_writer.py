@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tasks.records import Policy, ReadStats, keep
+from tasks.records import Policy, ReadStats, keep, write_shard_index
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,20 @@ def _write(
     if total == 0:
         raise ValueError(f"no usable records to write as {out}/{prefix}-*.tar")
     shards: list[str] = []
+    counts: dict[str, int] = {}
     n = 0
+
+    def done(name: str) -> None:  # called as each shard is closed, before its count is reset
+        shards.append(name)
+        counts[Path(name).name] = sink.count
+
     with wds.ShardWriter(
-        str(out / f"{prefix}-%06d.tar"), maxcount=maxcount, maxsize=maxsize, post=shards.append, verbose=0, mtime=0.0
+        str(out / f"{prefix}-%06d.tar"), maxcount=maxcount, maxsize=maxsize, post=done, verbose=0, mtime=0.0
     ) as sink:
         for sample in tqdm(samples, total=total, desc=f"writing {prefix}", unit="sample", disable=not progress):
             sink.write(sample)
             n += 1
+    write_shard_index(out, counts)
     log.info("wrote %d samples in %d shards to %s", n, len(shards), out)
     return shards, n
 

@@ -208,6 +208,9 @@ def test_cli_transcribes_one_file(tmp_path, capsys):
     clip.write_bytes(flac(1.0))
     assert main(["sample", "--run", str(tmp_path / "spoken_asr"), "--audio", str(clip), "--prompt", "x"]) == 0
     assert "x -> " in capsys.readouterr().out
+    clip.write_bytes(flac(45.0))  # longer than the conv encoder's 41 s
+    assert main(["sample", "--run", str(tmp_path / "spoken_asr"), "--audio", str(clip), "--prompt", "x"]) == 2
+    assert "audio of 45.0 s is longer than the 41.0 s this encoder takes" in capsys.readouterr().err
 
 
 def test_spec_augment_masks_inside_real_frames_in_training_only():

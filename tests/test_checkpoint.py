@@ -45,3 +45,19 @@ def test_link_checkpoint_copies_where_links_fail(tmp_path, monkeypatch):
     last = link_checkpoint(step, tmp_path / "last")
     assert os.stat(last / WEIGHTS).st_ino != os.stat(step / WEIGHTS).st_ino
     assert (last / WEIGHTS).read_bytes() == (step / WEIGHTS).read_bytes()
+
+
+def test_init_from_says_what_it_loaded(tmp_path, caplog):
+    import logging
+
+    from multimodal.config import dump
+    from multimodal.train.build import build_run
+    from multimodal.train.config import load_experiment
+
+    sets = ["task.train_size=20", "task.test_size=2", "task.validation_size=2"]
+    run = build_run(load_experiment("digits_reverse", sets))
+    folder = save_checkpoint(tmp_path / "start", run.model, dump(run.config), {"tokenizer.json": run.tokenizer.save})
+    with caplog.at_level(logging.INFO, logger="multimodal.train.build"):
+        again = build_run(load_experiment("digits_reverse", [*sets, f"init_from={folder}", "seed=1"]))
+    assert f"initialised from {folder}: every tensor (0.86M parameters: backbone)" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), again.model.state_dict().values()))

@@ -56,14 +56,22 @@ def test_train_eval_sample(tmp_path, capsys):
         )
         == 0
     )
-    metrics = json.loads((run / "eval" / "test_metrics.json").read_text())
+    metrics = json.loads((run / "eval" / "test_limit-4_steps-4_stop_at_eos-False_metrics.json").read_text())
     assert metrics["examples"] == 4 and metrics["nfe"] == 4
-    capsys.readouterr()
+    assert len(json.loads((run / "eval" / "test_metrics.json").read_text())["sampler"]) > 0  # training's kept
+    assert (
+        f"wrote: {run / 'eval' / 'test_limit-4_steps-4_stop_at_eos-False_predictions.jsonl'}" in capsys.readouterr().out
+    )
+    assert main(["train", "-c", "digits_reverse", *small(tmp_path)]) == 0  # the same folder again: a new one
+    assert f"run folder: {tmp_path / 'digits_reverse-2'}" in capsys.readouterr().out
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3  # the first run's curve is untouched
 
     assert main(["sample", "--run", str(run), "--prompt", "1234=", "--show-steps"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("1234= -> ") and "denoising order" in out
     assert (run / "samples" / "steps_0.png").is_file()
+    assert main(["sample", "--run", str(run), "--prompt", "12a4x="]) == 0
+    assert "'a', 'x' in '12a4x=' are not in the run's vocabulary" in capsys.readouterr().err
 
 
 def test_list_and_show_config(capsys):
@@ -82,3 +90,20 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "did you mean 'sampler'" in capsys.readouterr().err
     assert main(["eval", "--run", str(tmp_path)]) == 2
     assert "checkpoints/last" in capsys.readouterr().err
+
+
+def test_validation_between_logging_steps_reaches_the_curve(tmp_path, capsys):
+    sets = [*small(tmp_path), "--set", "train.max_steps=6", "--set", "train.log_every=4", "--set", "train.eval_every=3"]
+    assert main(["train", "-c", "digits_reverse", *sets]) == 0
+    shown = capsys.readouterr()
+    assert "6/6" in shown.err and "Epoch" not in shown.err + shown.out  # the bar counts the 6 steps, on stderr
+    run = tmp_path / "digits_reverse"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["step"], "val/exact_match" in x) for x in lines] == [(3, True), (4, False), (6, True)]
+    assert main(["plot", str(run)]) == 0
+    from PIL import Image
+
+    from multimodal.plot import PANEL_SIZE
+
+    with Image.open(run / "curves.png") as image:
+        assert image.size[1] == round(PANEL_SIZE[1] * 100 * 3)  # loss, validation and throughput panels

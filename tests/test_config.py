@@ -138,3 +138,12 @@ def test_show_config_refuses_what_train_refuses(experiment, override, message, c
     assert main(["show-config", "-c", experiment, "--set", override]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_runs_checkpoint_by_default_so_a_killed_demo_can_resume():
+    from multimodal.train.config import TrainConfig
+
+    for name in ("digits_reverse", "shapes_vqa", "spoken_asr", "protein_dsm"):
+        cfg = load_experiment(name).train
+        assert 0 < cfg.checkpoint_every < cfg.max_steps, name
+    assert TrainConfig().checkpoint_every == 500

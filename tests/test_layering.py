@@ -27,9 +27,10 @@ def files(package: str):
     return sorted((ROOT / package).rglob("*.py"))
 
 
-def test_encoders_import_only_third_party_and_the_registry():
+def test_encoders_import_only_third_party_the_registry_and_safe_io():
+    standalone = ("multimodal.registry", "multimodal.safeio")  # modules that import nothing of the project
     for f in files("encoders"):
-        bad = {n for n in imports_of(f) if top(n) == "tasks" or (top(n) == "multimodal" and n != "multimodal.registry")}
+        bad = {n for n in imports_of(f) if top(n) == "tasks" or (top(n) == "multimodal" and n not in standalone)}
         assert not bad, f"{f} imports {bad}"
 
 
@@ -54,6 +55,13 @@ def test_backbone_imports_neither_diffusion_nor_sampling():
     for f in files("multimodal/backbone"):
         bad = {n for n in imports_of(f) if n.startswith(("multimodal.diffusion", "multimodal.sampling"))}
         assert not bad, f"{f} imports {bad}"
+
+
+def test_standalone_modules_import_nothing_of_the_project():
+    for name in ("registry", "safeio"):
+        assert not {
+            n for n in imports_of(ROOT / "multimodal" / f"{name}.py") if top(n) in ("multimodal", "tasks", "encoders")
+        }
 
 
 def test_the_rule_sees_imports():

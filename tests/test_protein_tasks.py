@@ -95,7 +95,7 @@ def test_cli_trains_dsm_and_generates_fasta(protein_folder, tmp_path, capsys):
     assert "mmdiff generate" in capsys.readouterr().err
 
 
-def test_mask_filling_draws_pool_independent_masks(protein_folder):
+def test_mask_filling_draws_pool_independent_masks(protein_folder, capsys):
     import torch
 
     from encoders.protein import ESM_PRESETS, build_esm2
@@ -109,6 +109,7 @@ def test_mask_filling_draws_pool_independent_masks(protein_folder):
     engine = Engine(ESMDiffusion(build_esm2(*ESM_PRESETS["esm2_tiny"])), tok)
     one = mask_filling(engine, task, layouts, [0.5], seed=3)["50%"]
     three = mask_filling(engine, task, layouts, [0.5], seed=3, draws=3)["50%"]
+    assert "mask filling" in capsys.readouterr().err  # a progress bar
     assert three["accuracy_per_draw"][0] == one["accuracy"]  # the first draw is the one-draw evaluation
     assert three["masked_tokens"] == 3 * one["masked_tokens"]  # each draw masks round(rate * n) per sequence
     assert abs(three["accuracy"] - sum(three["accuracy_per_draw"]) / 3) < 1e-12

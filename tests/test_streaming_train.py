@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -96,6 +98,11 @@ def test_mmdiff_shards_writes_what_training_streams(tmp_path, protein_folder):
 
     args = ["shards", "proteins", str(protein_folder / "train.fasta"), str(tmp_path / "shards"), "--maxcount", "5"]
     assert main([*args, "--no-progress"]) == 0
-    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [f"proteins-train-{i:06d}.tar" for i in range(3)]
+    shards = [f"proteins-train-{i:06d}.tar" for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [*shards, "shards.index.json"]
+    index = json.loads((tmp_path / "shards" / "shards.index.json").read_text())
+    records = (protein_folder / "train.fasta").read_text().count(">")
+    counts = [(e["url"], e["nsamples"]) for e in index["shardlist"]]
+    assert counts == list(zip(shards, [5, 5, records - 10], strict=True))
     run = train(protein_stream(tmp_path, protein_folder, "run", "train.max_steps=2", "train.checkpoint_every=0"))
     assert sorted(losses(run.folder)) == [1, 2]

@@ -180,6 +180,12 @@ def test_cli_answers_a_question_about_an_image_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "What colour is the circle? -> " in out and "denoising order" in out
     assert main(["sample", "--run", str(tmp_path / "shapes_vqa"), "--prompt", "hi"]) == 2
+    capsys.readouterr()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(png()[:40])
+    assert main(["sample", "--run", str(tmp_path / "shapes_vqa"), "--image", str(broken), "--prompt", "hi"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and f"record {broken}: corrupt image" in errors[0]
 
 
 def test_conv_tower_depth_adds_residual_stride_one_convolutions():

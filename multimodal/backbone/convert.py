@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from multimodal.backbone.config import BackboneConfig
 from multimodal.backbone.transformer import LLaDABackbone
+from multimodal.safeio import read_pickle, read_safetensors, safetensors_keys
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,10 @@ def _shard_files(folder: Path) -> dict[str, Path]:
         return files
     single = folder / SINGLE_NAME
     if single.is_file():
-        with safe_open(str(single), framework="pt") as f:
-            return {key: single for key in f.keys()}
+        return {key: single for key in safetensors_keys(single)}
     bins = sorted(folder.glob("pytorch_model*.bin"))
     if bins:
-        return {key: path for path in bins for key in torch.load(path, map_location="meta", weights_only=True)}
+        return {key: path for path in bins for key in read_pickle(path, map_location="meta")}
     raise CheckpointError(f"{folder} holds no {SINGLE_NAME}, {INDEX_NAME} or pytorch_model*.bin")
 
 
@@ -158,11 +157,10 @@ def _read(files: dict[str, Path], keys: list[str]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for file, names in by_file.items():
         if file.suffix == ".bin":
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = read_pickle(file)
             out.update({k: state[k] for k in names})
         else:
-            with safe_open(str(file), framework="pt") as f:
-                out.update({k: f.get_tensor(k) for k in names})
+            out.update(read_safetensors(file, names)[0])
     return out
 
 

@@ -118,6 +118,8 @@ class StepInfo:
         x: (B, L) the canvas after this step's commits.
         committed: (B, L) bool, positions committed at this step.
         region: (start, end) of the decoded region inside the canvas.
+        probability: (B, L) the model's probability of each token committed at this step when it was
+            chosen (NaN elsewhere; EOS filled after a stop has none).
     """
 
     nfe: int
@@ -126,6 +128,7 @@ class StepInfo:
     x: torch.Tensor
     committed: torch.Tensor
     region: tuple[int, int]
+    probability: torch.Tensor | None = None
 
 
 def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:

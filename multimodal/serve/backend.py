@@ -83,8 +83,11 @@ class RunBackend(Backend):
         self.model_id = run.config.name
         self.accepts = tuple(self.engine.modalities)
 
-    def _batch(self, layout: Any) -> PromptBatch:
-        return self.run.task.prompt_batch([layout], self.engine.tokenizer, self.engine.modalities)
+    def _batch(self, layout: Any, param: str) -> PromptBatch:
+        try:  # media are preprocessed here: a clip longer than the encoder takes is refused with its length
+            return self.run.task.prompt_batch([layout], self.engine.tokenizer, self.engine.modalities)
+        except ValueError as err:
+            raise RequestError(str(err), param) from None
 
     def _layout(self, text: str, images: list[bytes], audio: list[bytes], param: str) -> Any:
         if len(images) > 1 or len(audio) > 1:
@@ -110,15 +113,15 @@ class RunBackend(Backend):
         last = turns[-1]
         layout = self._layout(last.text, last.images, last.audio, "messages")
         history = tuple((q.text, a.text) for q, a in zip(turns[:-1:2], turns[1:-1:2], strict=True))
-        return self._batch(replace(layout, history=history))
+        return self._batch(replace(layout, history=history), "messages")
 
     def completion(self, text: str) -> PromptBatch:
-        return self._batch(self._layout(text, [], [], "prompt"))
+        return self._batch(self._layout(text, [], [], "prompt"), "prompt")
 
     def transcription(self, audio: bytes, prompt: str | None) -> PromptBatch:
         if "audio" not in self.accepts:
             raise RequestError(f"model '{self.model_id}' does not transcribe audio", "file")
-        return self._batch(self._layout(prompt or "", [], [audio], "file"))
+        return self._batch(self._layout(prompt or "", [], [audio], "file"), "file")
 
 
 class LLaDABackend(Backend):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,6 +69,11 @@ def build_model(config: ExperimentConfig, placeholder_ids: dict[str, int]) -> nn
         want = config.backbone
         if (backbone.config.vocab_size, backbone.config.d_model) != (want.vocab_size, want.d_model):
             raise ValueError(f"init_from {source} has shape {backbone.config} but the experiment asks for {want}")
+        c = backbone.config
+        log.info(
+            "backbone initialised from the LLaDA folder %s: %.2fM parameters (%d layers x %d wide, vocab %d)",
+            source, sum(p.numel() for p in backbone.parameters()) / 1e6, c.n_layers, c.d_model, c.vocab_size,
+        )  # fmt: skip
     else:
         backbone = create_backbone(config.backbone)
     model: nn.Module = backbone
@@ -82,8 +88,7 @@ def build_model(config: ExperimentConfig, placeholder_ids: dict[str, int]) -> nn
         lora = config.train.lora
         add_lora(backbone, tuple(lora.targets), lora.rank, lora.alpha)
     if source is not None and not (source / "config.json").is_file():
-        load_weights(checkpoint_folder(source), model)
-        log.info("initialised from %s", source)
+        _initialise(model, source)
     apply_trainable(model, config)
     return model
 
@@ -104,8 +109,17 @@ def _build_dsm(config: ExperimentConfig, source: Path | None) -> nn.Module:
         body, dsm.preset if not dsm.weights else Path(dsm.weights).name, dsm.logit_cap, dsm.max_seq_len
     )
     if source is not None:
-        load_weights(checkpoint_folder(source), model)
+        _initialise(model, source)
     return model
+
+
+def _initialise(model: nn.Module, source: Path) -> None:
+    """Load a run or checkpoint folder into the whole model (strict) and say what came from where."""
+    folder = checkpoint_folder(source)
+    load_weights(folder, model)
+    parts = sorted({part_of(name) for name, _ in model.named_parameters()})
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    log.info("initialised from %s: every tensor (%.2fM parameters: %s)", folder, count, ", ".join(parts))
 
 
 def apply_trainable(model: nn.Module, config: ExperimentConfig) -> None:
@@ -144,6 +158,7 @@ class Run:
     model: nn.Module
     folder: Path
     rank: int = 0
+    saved_sampler: Any = None  # a loaded run: the sampler config its checkpoint was saved with (before --set)
 
     @property
     def modalities(self) -> dict[str, ModalityIO]:
@@ -190,11 +205,13 @@ def build_run(config: ExperimentConfig, tokenizer: BuiltinTokenizer | HFTokenize
 def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Run:
     """Load a run or checkpoint folder: config (with --set overrides), tokenizer and weights."""
     folder = checkpoint_folder(Path(path))
-    config = experiment_from_text((folder / CONFIG).read_text(), overrides)
+    text = (folder / CONFIG).read_text()
+    config = experiment_from_text(text, overrides)
     tok_file = folder / "tokenizer.json"
     tokenizer = load_tokenizer(tok_file if tok_file.is_file() else folder / "tokenizer")
     config = replace(config, init_from=None)
     run = build_run(config, tokenizer)
+    run.saved_sampler = experiment_from_text(text).sampler if overrides else config.sampler
     load_weights(folder, run.model)
     # the run folder for its last checkpoint; an intermediate checkpoint keeps its evaluations to itself
     run.folder = folder.parent.parent if folder.name == "last" and folder.parent.name == "checkpoints" else folder

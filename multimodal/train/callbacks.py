@@ -1,5 +1,5 @@
-"""Lightning callbacks: metrics as JSON lines, periodic validation, safetensors checkpoints (throughput,
-MFU and memory: observe.py).
+"""Lightning callbacks: metrics as JSON lines, periodic validation, safetensors checkpoints, a progress
+bar in steps (throughput, MFU and memory: observe.py).
 
 In a multi-process run only global rank 0 writes files and validates; the others keep in step.
 """
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 
 from multimodal.train.module import NonFiniteLoss
 
@@ -21,8 +23,9 @@ from multimodal.train.module import NonFiniteLoss
 class MetricsJsonl(L.Callback):
     """Appends the logged metrics to `path` as one JSON object per line every `every` steps.
 
-    Validation numbers (val/*) appear only on the line of the step that computed them, so the
-    learning curve reads straight from the file; PeriodicValidation must come before this callback.
+    Validation numbers (val/*) appear only on the line of the step that computed them (a line is written
+    at that step even between logging steps), so the learning curve reads straight from the file;
+    PeriodicValidation must come before this callback.
     """
 
     def __init__(self, path: Path, every: int) -> None:
@@ -36,10 +39,11 @@ class MetricsJsonl(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if (step % self.every and step != trainer.max_steps) or not trainer.is_global_zero:
+        fresh_validation = float(trainer.callback_metrics.get("val/step", -1)) == step
+        # a validation step gets its line even between logging steps: the learning curve keeps every point
+        if (step % self.every and step != trainer.max_steps and not fresh_validation) or not trainer.is_global_zero:
             return
         row = {"step": step, "time_s": round(time.perf_counter() - self._t0, 3)}
-        fresh_validation = float(trainer.callback_metrics.get("val/step", -1)) == step
         for key, value in trainer.callback_metrics.items():
             if key.startswith("val/") and not fresh_validation:
                 continue  # Lightning keeps the last logged value; a validation belongs to its own step only
@@ -105,3 +109,35 @@ class SafetensorsCheckpoint(L.Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, NonFiniteLoss):
             exception.checkpoint = self.last
+
+
+_BAR = RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar
+
+
+class StepProgressBar(_BAR):
+    """Lightning's progress bar counting the run's optimiser steps ("training 120/1500") instead of the
+    epochs of an endless data stream (which it shows as ``Epoch 0/-2``); rich when installed, else tqdm.
+    A class at module level: ddp_spawn pickles the callbacks into its processes. The bar goes to stderr,
+    with the logs, so what the CLI prints on stdout (the metrics) stays readable by programs."""
+
+    def __init__(self) -> None:
+        if _BAR is RichProgressBar:
+            super().__init__(console_kwargs={"stderr": True})
+        else:
+            super().__init__()  # tqdm writes to stderr already
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.max_steps if self.trainer.max_steps > 0 else super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:  # rich
+        return "training"
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        if _BAR is TQDMProgressBar:
+            self.train_progress_bar.set_description("training")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # count steps, so a resumed run's bar starts where the run stands
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)

@@ -75,8 +75,8 @@ class TrainConfig:
             batch holds similar lengths (0: plain shuffling). See multimodal/train/sampler.py.
         threads: CPU threads for torch (None: leave torch's default).
         log_every: steps between metric lines.
-        checkpoint_every: steps between checkpoints (weights, and a training state for `resume`; 0:
-            only the final one).
+        checkpoint_every: steps between checkpoints (weights, and a training state for `resume`), so a
+            killed run loses at most this many steps; 0: only the final one.
         eval_at_end: evaluate on `eval_splits` after training.
         eval_splits: the splits evaluated after training (the embedded speech corpus adds ``test_accents``).
         eval_limit: evaluate on at most this many examples (None: all).
@@ -120,7 +120,7 @@ class TrainConfig:
     cache_media: bool = False
     threads: int | None = None
     log_every: int = 20
-    checkpoint_every: int = 0
+    checkpoint_every: int = 500
     eval_at_end: bool = True
     eval_splits: tuple[str, ...] = ("test",)
     eval_limit: int | None = None

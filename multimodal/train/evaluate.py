@@ -2,9 +2,12 @@
 
 `evaluate(run, split)` builds the run's decoding engine (multimodal/sampling/engine.py), calls
 `task.evaluate(engine, split, limit)` (tasks/base.py: decode then score by default) and, with `write`,
-saves under the run's ``eval/`` folder ``<split>_metrics.json``, ``<split>_predictions.jsonl`` (one
-record per prediction) and the task's other files as ``<split>_<name>``. The metrics also carry the
-sampler settings and the wall time.
+saves under the run's ``eval/`` folder ``<stem>_metrics.json``, ``<stem>_predictions.jsonl`` (one
+record per prediction) and the task's other files as ``<stem>_<name>``. The stem is the split, then
+the example limit and every sampler setting that differs from the checkpoint's own (``mmdiff eval
+--limit 4 --set sampler.steps=4`` writes ``test_limit-4_steps-4_*``), so an evaluation with other
+settings never replaces the one training wrote. The metrics also carry the sampler settings, the
+wall time and the files written (``outputs``).
 """
 
 from __future__ import annotations
@@ -31,11 +34,24 @@ def evaluate(
         return metrics
     out_dir = run.folder / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
+    stem = output_stem(run, split, limit)
+    files = {f"{stem}_{name}": text for name, text in result.files.items()}
     if result.records:
-        with (out_dir / f"{split}_predictions.jsonl").open("w") as f:
-            for record in result.records:
-                f.write(json.dumps(record) + "\n")
-    for name, text in result.files.items():
-        (out_dir / f"{split}_{name}").write_text(text)
-    (out_dir / f"{split}_metrics.json").write_text(json.dumps(metrics, indent=2))
+        files[f"{stem}_predictions.jsonl"] = "".join(json.dumps(record) + "\n" for record in result.records)
+    metrics["outputs"] = sorted(files) + [f"{stem}_metrics.json"]
+    for name, text in files.items():
+        (out_dir / name).write_text(text)
+    (out_dir / f"{stem}_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def output_stem(run: Run, split: str, limit: int | None) -> str:
+    """The split, then the limit and the sampler settings that differ from the checkpoint's (module docstring)."""
+    parts = [split]
+    if limit is not None and limit != run.config.train.eval_limit:
+        parts.append(f"limit-{limit}")
+    saved = vars(run.saved_sampler) if run.saved_sampler is not None else {}
+    for key, value in vars(run.config.sampler).items():
+        if saved and saved.get(key) != value:
+            parts.append(f"{key}-{value}".replace("/", "-").replace(" ", ""))
+    return "_".join(parts)

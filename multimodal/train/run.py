@@ -126,7 +126,7 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     """
     import lightning as L
 
-    from multimodal.train.callbacks import MetricsJsonl, PeriodicValidation, SafetensorsCheckpoint
+    from multimodal.train.callbacks import MetricsJsonl, PeriodicValidation, SafetensorsCheckpoint, StepProgressBar
     from multimodal.train.evaluate import evaluate
     from multimodal.train.module import DiffusionModule
     from multimodal.train.observe import TrainingMonitor, build_loggers
@@ -140,6 +140,7 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     # the data order and the masking noise have their own seeds; this seeds whatever else draws numbers
     L.seed_everything(config.seed, workers=True, verbose=False)
     run = build_run(config)
+    run.folder = claim_folder(run.folder, cfg.resume)
     if cfg.compile:
         compile_blocks(run.model)
     module = DiffusionModule(
@@ -171,6 +172,7 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
         log_every_n_steps=cfg.log_every,
         default_root_dir=str(run.folder),
         callbacks=[
+            StepProgressBar(),
             TrainingMonitor(cfg.log_every),  # before MetricsJsonl, which writes what it logs
             PeriodicValidation(
                 functools.partial(evaluate, run, "validation", cfg.val_limit, write=False), cfg.eval_every
@@ -204,10 +206,35 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     log.info("training %s: %.2fM parameters, %s training examples", config.name, total / 1e6, examples)
     trainer.fit(module, loader, ckpt_path=state, weights_only=True)
     if cfg.strategy == "fsdp" and trainer.is_global_zero:  # run.model is sharded in place: read the weights back
-        run = build_run(replace(config, init_from=None), run.tokenizer)
+        folder, run = run.folder, build_run(replace(config, init_from=None), run.tokenizer)
+        run.folder = folder
         load_weights(run.folder / "checkpoints" / "last", run.model)
     run.rank = trainer.global_rank
     return run
+
+
+OUTPUTS = ("metrics.jsonl", "checkpoints", "eval", "samples")  # what a run writes into its folder
+
+
+def claim_folder(folder: Path, resume: bool) -> Path:
+    """The folder a training run writes: `folder` when it holds no run's outputs yet or the run resumes
+    (train.resume), else the first of folder-2, folder-3, ... that holds none, so a second run never
+    replaces the first one's metrics, checkpoints or evaluations. Every process of a multi-process run
+    reaches the same answer: rank 0 writes outputs only once training has started, after every rank
+    has chosen."""
+    if resume:
+        return folder
+    candidate, n = folder, 1
+    while any((candidate / name).exists() for name in OUTPUTS):
+        n += 1
+        candidate = folder.with_name(f"{folder.name}-{n}")
+    if candidate != folder:
+        log.warning(
+            "%s holds an earlier run; this one writes %s (train.resume=true continues the earlier one)",
+            folder,
+            candidate,
+        )
+    return candidate
 
 
 def _stream_shards(config: ExperimentConfig) -> list[str] | None:

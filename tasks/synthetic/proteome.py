@@ -53,6 +53,7 @@ import numpy as np
 
 from tasks.protein_io import ProteinPair, ProteinRecord, SequencePolicy, read_fasta, write_fasta, write_pairs
 from tasks.protein_metrics import identity, max_identity_to
+from tasks.records import write_shard_index
 
 logger = logging.getLogger(__name__)
 
@@ -220,8 +221,12 @@ def identity_components(
     kmer: int = 3,
     band: int = 4,
     min_band_hits: int = 5,
+    progress: bool = False,
 ) -> tuple[list[list[int]], int, int]:
-    """Connected components of the graph ``identity >= threshold``; returns (components, candidates, edges)."""
+    """Connected components of the graph ``identity >= threshold``; returns (components, candidates, edges).
+    With `progress`, a bar over the candidate alignments (the slow part: about a minute for the proteome)."""
+    from tqdm.auto import tqdm
+
     n = len(seqs)
     lengths = np.array([len(s) for s in seqs])
     short = lengths < short_length
@@ -229,7 +234,7 @@ def identity_components(
     for i in np.nonzero(short)[0]:
         candidates.update((min(i, j), max(i, j)) for j in range(n) if j != i)
     parent, edges = list(range(n)), 0
-    for i, j in sorted(candidates):
+    for i, j in tqdm(sorted(candidates), desc="identity clustering", unit="pair", disable=not progress, leave=False):
         if identity(seqs[i], seqs[j]) >= threshold:
             edges += 1
             _union(parent, i, j)
@@ -394,6 +399,7 @@ def write_shards(out_dir: Path, prefix: str, samples: Sequence[dict], shard_size
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))
         names.append(name)
+    write_shard_index(out_dir, {n: len(samples[i * shard_size : (i + 1) * shard_size]) for i, n in enumerate(names)})
     return names
 
 
@@ -418,6 +424,7 @@ def write_proteome_dataset(out_dir: str | Path, cfg: ProteomeConfig | None = Non
     neighbours = neighbour_links(genes, cfg.max_gap_bp)
     links = [(a.id, b.id) for a, b in neighbours] if cfg.keep_neighbours_together else []
     search = {k: getattr(cfg, k) for k in ("short_length", "kmer", "band", "min_band_hits")}
+    search["progress"] = True
     res = identity_split(genes, cfg.identity_threshold, cfg.fractions, cfg.seed, links, cfg.max_unit_share, **search)
     t_split = time.perf_counter()
     by_split = {s: [g for g in genes if res.split[g.id] == s] for s in SPLITS}
@@ -425,7 +432,7 @@ def write_proteome_dataset(out_dir: str | Path, cfg: ProteomeConfig | None = Non
     if cfg.verify:
         train = [g.sequence for g in by_split["train"]]
         for s in ("validation", "test"):
-            best = max_identity_to([g.sequence for g in by_split[s]], train)
+            best = max_identity_to([g.sequence for g in by_split[s]], train, progress=f"checking {s} against train")
             ident[f"max_{s}_vs_train"] = round(float(best.max(initial=0.0)), 4)
             ident[f"mean_max_{s}_vs_train"] = round(float(best.mean()) if len(best) else 0.0, 4)
     t_verify = time.perf_counter()

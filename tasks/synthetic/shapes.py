@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tasks.records import write_shard_index
+
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1"
@@ -406,6 +408,10 @@ def write_shapes_dataset(out_dir: str | Path, cfg: ShapesConfig) -> dict[str, An
                 n_questions += 1
         if tar is not None:
             tar.close()
+        scenes = cfg.scenes(split)
+        write_shard_index(
+            out, {name: min(cfg.shard_size, scenes - i * cfg.shard_size) for i, name in enumerate(shards)}
+        )
         manifest["splits"][split] = {
             "scenes": cfg.scenes(split),
             "questions": n_questions,

@@ -53,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.records import write_shard_index
+
 logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1"
@@ -661,6 +663,7 @@ def write_spoken_corpus(
         tar.close()
     for shard in shards:
         shard["sha256"] = hashlib.sha256((out / shard["name"]).read_bytes()).hexdigest()
+    write_shard_index(out, {shard["name"]: shard["samples"] for shard in shards})
     elapsed = time.perf_counter() - start
     manifest = {
         "generator": f"tasks.synthetic.spoken v{GENERATOR_VERSION}",

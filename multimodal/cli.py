@@ -220,7 +220,7 @@ def _sample(run, args: argparse.Namespace) -> int:
             if probability is None:
                 probability = torch.full((info.x.shape[0], r1 - r0), float("nan"))
             chosen = info.committed[:, r0:r1].cpu()
-            probability[chosen] = info.probability[:, r0:r1].cpu()[chosen]
+            probability[chosen] = info.probability()[:, r0:r1].cpu()[chosen]
 
     out = engine.generate(run.task.prompt_batch(layouts, run.tokenizer, engine.modalities), callback=callback)
     for i, (prompt, text) in enumerate(zip(args.prompt, engine.texts(out), strict=True)):

@@ -60,4 +60,5 @@ def test_init_from_says_what_it_loaded(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="multimodal.train.build"):
         again = build_run(load_experiment("digits_reverse", [*sets, f"init_from={folder}", "seed=1"]))
     assert f"initialised from {folder}: every tensor (0.86M parameters: backbone)" in caplog.text
-    assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), again.model.state_dict().values()))
+    pairs = zip(run.model.state_dict().values(), again.model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)

@@ -118,8 +118,8 @@ class StepInfo:
         x: (B, L) the canvas after this step's commits.
         committed: (B, L) bool, positions committed at this step.
         region: (start, end) of the decoded region inside the canvas.
-        probability: (B, L) the model's probability of each token committed at this step when it was
-            chosen (NaN elsewhere; EOS filled after a stop has none).
+        block_span: (start, end) columns of the current block.
+        logits: (B, Lb, V) the block's logits at this step; candidates: (B, Lb) the tokens proposed.
     """
 
     nfe: int
@@ -128,7 +128,19 @@ class StepInfo:
     x: torch.Tensor
     committed: torch.Tensor
     region: tuple[int, int]
-    probability: torch.Tensor | None = None
+    block_span: tuple[int, int] | None = None
+    logits: torch.Tensor | None = None
+    candidates: torch.Tensor | None = None
+
+    def probability(self) -> torch.Tensor:
+        """(B, L) the model's probability of each token committed at this step when it was chosen (NaN
+        elsewhere; EOS filled after a stop has none). Computed on demand: a softmax over the vocabulary."""
+        out = torch.full(self.x.shape, float("nan"), device=self.x.device)
+        if self.logits is not None:
+            s, e = self.block_span
+            chosen = candidate_probability(self.logits, self.candidates).float()
+            out[:, s:e] = torch.where(self.committed[:, s:e], chosen, torch.nan)
+        return out
 
 
 def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:

@@ -184,12 +184,8 @@ def decode_block(
             committed |= _fill_after_eos(x, r0, r1, special.eos_id, mask_id, stop_rows)
         if commit_step is not None:
             commit_step.masked_fill_(committed[:, r0:r1], forward.nfe - 1)
-        if callback is not None:  # the commits' probabilities cost a softmax: only for a callback
-            chosen = torch.softmax(logits.float(), -1).gather(-1, x0[..., None]).squeeze(-1)  # (B, Lb)
-            probability = torch.full(x.shape, float("nan"), device=x.device)
-            probability[:, s:e] = torch.where(commit, chosen, torch.nan)
-            info = StepInfo(forward.nfe, b, i, x, committed, region, probability)
-            callback(info)
+        if callback is not None:
+            callback(StepInfo(forward.nfe, b, i, x, committed, region, (s, e), logits, x0))
 
 
 def _fill_after_eos(

@@ -1,121 +1,41 @@
-"""VQA metrics: VQAv2 answer normalisation, soft accuracy, exact match, closed (yes/no) accuracy.
+"""VQA metrics: VQAv2 accuracy as the official script, exact match, closed (yes/no) accuracy.
 
-Normalisation follows the processing documented for the official VQA evaluation (Antol et al.
-2015; Goyal et al. 2017): lower-case; periods removed except in decimals; punctuation other than
-apostrophes and colons replaced by a space (commas between digits removed, "100,978" -> "100978");
-number words "zero".."ten" (and "none") turned into digits; articles a/an/the removed; common
-contractions given their missing apostrophe ("dont" -> "don't"); whitespace collapsed. Both the
-prediction and the human answers are normalised.
-
-Soft accuracy is min(#humans agreeing / 3, 1); with 10 human answers it is averaged over the 10
-leave-one-out sets of 9, as the official evaluation does. Closed accuracy counts every yes/no
+Answer processing and the accuracy against several human answers are the official evaluation's,
+rule for rule (tasks/vqa_normalise.py: the unanimous-answer rule, its punctuation set and
+delete-or-space rule, its contraction table, leave-one-out averaging for any number of answers).
+A single reference string (our own data sets have one exact answer per question) scores as exact
+match after processing both sides as the script processes a prediction; the official script has no
+such case (one answer leaves no one out to agree with). Closed accuracy counts every yes/no
 question in its denominator: an answer that is neither "yes" nor "no" is wrong, never dropped
 (PAPERS.md section 3).
 """
 
 from __future__ import annotations
 
-import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 
+from tasks.vqa_normalise import normalize_answer, official_accuracy
+
+__all__ = ["closed_accuracy", "exact_match", "is_closed", "normalize_answer", "vqa_report", "vqa_soft_accuracy"]
+
 Reference = str | Sequence[str]  # one answer, or the answers of several human annotators
-
-NUMBER_WORDS = {
-    "none": "0",  # the official evaluation maps "none" to 0 as well
-    "zero": "0",
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-}
-ARTICLES = frozenset({"a", "an", "the"})
-# Words that lost their apostrophe; only forms that are not English words themselves ("its", "well",
-# "were", "hell", "id" stay as they are).
-CONTRACTIONS = {
-    "aint": "ain't",
-    "arent": "aren't",
-    "cant": "can't",
-    "couldnt": "couldn't",
-    "couldve": "could've",
-    "didnt": "didn't",
-    "doesnt": "doesn't",
-    "dont": "don't",
-    "hadnt": "hadn't",
-    "hasnt": "hasn't",
-    "havent": "haven't",
-    "hes": "he's",
-    "im": "i'm",
-    "isnt": "isn't",
-    "ive": "i've",
-    "lets": "let's",
-    "mightnt": "mightn't",
-    "mustnt": "mustn't",
-    "shes": "she's",
-    "shouldnt": "shouldn't",
-    "shouldve": "should've",
-    "thats": "that's",
-    "theres": "there's",
-    "theyre": "they're",
-    "theyve": "they've",
-    "wasnt": "wasn't",
-    "werent": "weren't",
-    "whats": "what's",
-    "wheres": "where's",
-    "whos": "who's",
-    "wont": "won't",
-    "wouldnt": "wouldn't",
-    "wouldve": "would've",
-    "youd": "you'd",
-    "youll": "you'll",
-    "youre": "you're",
-    "youve": "you've",
-}
-_PUNCTUATION = "".join(c for c in string.punctuation if c not in "'.:")
-_DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")
-_NON_DECIMAL_PERIOD = re.compile(r"\.(?!\d)")  # a period followed by a digit is a decimal point: "3.5", ".5"
-_OTHER_PUNCTUATION = re.compile(f"[{re.escape(_PUNCTUATION)}]")
-
-
-def normalize_answer(answer: str) -> str:
-    """VQAv2 normal form of an answer ("Two dogs!" -> "2 dogs", "a dog." -> "dog", "3.5" -> "3.5")."""
-    text = answer.lower().replace("\n", " ").replace("\t", " ")
-    text = _DIGIT_COMMA.sub("", text)
-    text = _NON_DECIMAL_PERIOD.sub("", text)
-    text = _OTHER_PUNCTUATION.sub(" ", text)
-    words = [CONTRACTIONS.get(w, NUMBER_WORDS.get(w, w)) for w in text.split() if w not in ARTICLES]
-    return " ".join(words)
 
 
 def vqa_soft_accuracy(prediction: str, human_answers: Reference) -> float:
-    """VQA accuracy of one prediction against human answers, after normalising both.
+    """VQA accuracy of one prediction against human answers (module docstring).
 
     Args:
         prediction: the model's answer.
         human_answers: the annotators' answers (10 in VQAv2), or a single reference string, which
-            scores like exact match after normalisation.
+            scores like exact match after processing both.
 
     Returns:
-        min(#agreeing / 3, 1), averaged over the leave-one-out sets of 9 when 10 answers are given.
+        The official accuracy: the mean over annotators of min(1, #other annotators agreeing / 3).
     """
     if isinstance(human_answers, str):
         return float(normalize_answer(prediction) == normalize_answer(human_answers))
-    if len(human_answers) == 0:
-        raise ValueError("no human answers to score against")
-    pred = normalize_answer(prediction)
-    agree = [normalize_answer(h) == pred for h in human_answers]
-    if len(agree) != 10:
-        return min(sum(agree) / 3, 1.0)
-    total = sum(agree)
-    # leaving out annotator i leaves total - agree[i] agreeing annotators among the other 9
-    return sum(min((total - a) / 3, 1.0) for a in agree) / 10
+    return official_accuracy(prediction, human_answers)
 
 
 def _majority(reference: Reference) -> str:

@@ -25,6 +25,12 @@ from tasks.vqa_metrics import closed_accuracy, exact_match, normalize_answer, vq
         ("ten", "10"),
         ("none", "0"),
         ("its", "its"),
+        ("x-ray, yes", "x ray yes"),  # "," touches a space: deleted; "-" does not: a space
+        ("e-mail !", "e mail"),
+        ("well-known 1,5", "wellknown 15"),  # a digit-comma-digit: every mark deleted
+        ("whats up", "what's up"),
+        ("Im here", "im here"),  # the official table's "Im" key never matches a lower-cased word
+        ("." * 40, "." * 8),  # the official script removes at most 32 periods
     ],
 )
 def test_normalisation(raw, normal):
@@ -43,11 +49,23 @@ def test_soft_accuracy_with_ten_answers_by_hand():
 
 
 def test_soft_accuracy_other_counts_and_single_reference():
-    assert vqa_soft_accuracy("yes", ["yes", "no", "yes"]) == pytest.approx(2 / 3)
+    # leave-one-out for any number of answers: (1/3 + 2/3 + 1/3) / 3
+    assert vqa_soft_accuracy("yes", ["yes", "no", "yes"]) == pytest.approx(4 / 9)
+    assert vqa_soft_accuracy("yes", ["yes"]) == 0.0  # one answer leaves no other annotator to agree
     assert vqa_soft_accuracy("Yes.", "yes") == 1.0
     assert vqa_soft_accuracy("no", "yes") == 0.0
     with pytest.raises(ValueError, match="no human answers"):
         vqa_soft_accuracy("yes", [])
+
+
+def test_official_rules_for_human_answers():
+    # unanimous answers are compared as they are; the prediction is still processed
+    assert vqa_soft_accuracy("two", ["Two"] * 10) == 0.0
+    assert vqa_soft_accuracy("2", ["2"] * 10) == 1.0
+    # disagreeing answers get the punctuation rule only: "Two" stays a word, "yes!" keeps its space
+    assert vqa_soft_accuracy("two", ["Two"] * 9 + ["2"]) == pytest.approx(0.3)
+    assert vqa_soft_accuracy("yes", ["yes!"] * 9 + ["no"]) == 0.0
+    assert vqa_soft_accuracy("black and white", ["black-and-white"] * 4 + ["grey"] * 6) == 1.0
 
 
 def test_closed_accuracy_counts_non_yes_no_answers_as_wrong():

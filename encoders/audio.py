@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from encoders.audio_io import SAMPLE_RATE, WINDOW_SECONDS, load_audio, log_mel
+from encoders.audio_io import SAMPLE_RATE, WINDOW_SECONDS, load_audio, log_mel, real_frames
 from encoders.base import ENCODERS, EncoderSpec, ModalityEncoder, SequenceFeatures, TokenCount
 from encoders.spec_augment import SpecAugment
 from encoders.vtlp import VTLP
@@ -58,14 +58,15 @@ class SpeechTower(ModalityEncoder):
     def preprocess(self, raw: Any) -> torch.Tensor:
         wave = raw if isinstance(raw, torch.Tensor) else load_audio(raw)
         limit = getattr(self, "max_frames", None)  # encoders without a fixed window
-        if limit is not None and wave.numel() // 160 > limit:
+        real = real_frames(wave.numel())
+        if limit is not None and real > limit:
             raise ValueError(
                 f"audio of {wave.numel() / SAMPLE_RATE:.1f} s is longer than the {limit * 160 / SAMPLE_RATE:.1f} s "
                 "this encoder takes; split it first"
             )
         pad = self.spec.preprocess.get("pad_seconds")
         features = log_mel(wave, self.n_mels, pad_seconds=pad)
-        return with_validity(features, min(wave.numel() // 160, features.shape[1]))
+        return with_validity(features, min(real, features.shape[1]))
 
     def output_frames(self, input_frames: int) -> int:
         raise NotImplementedError

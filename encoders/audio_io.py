@@ -88,3 +88,10 @@ def log_mel(wave: torch.Tensor, n_mels: int = 80, pad_seconds: float | None = No
 def num_frames(num_samples: int) -> int:
     """Feature frames of a waveform of `num_samples` samples (what log_mel returns without padding)."""
     return num_samples // HOP
+
+
+def real_frames(num_samples: int) -> int:
+    """Frames that hold the clip in a padded window: ceil(samples / 160), as transformers'
+    WhisperFeatureExtractor's attention mask (its sample mask read every 160th sample), which the
+    released Whisper-based systems take their audio lengths from."""
+    return -(-num_samples // HOP)

@@ -4,9 +4,13 @@ Follows the WER convention of the Whisper-LLaDA paper (PAPERS.md section 4): bot
 text normaliser OpenAI Whisper uses for its English WER (case and punctuation removed, British spellings mapped to
 American, spelled numbers to digits, "twenty five" -> "25", fillers such as "uh" and "hmm" dropped, contractions
 expanded), then WER = (S + D + I) / N is summed over the whole corpus; it is not the mean of per-utterance WERs,
-which over-weights short utterances. The normaliser comes from the ``whisper-normalizer`` package (MIT, a pure
-Python copy of Whisper's ``EnglishTextNormalizer`` shipping its spelling table, so it works offline); the
-alignments and counts come from ``jiwer``.
+which over-weights short utterances. The normaliser is OpenAI's ``EnglishTextNormalizer`` as ported to
+transformers (``transformers.models.whisper.english_normalizer``), given OpenAI's British-to-American spelling
+table (``english.json``, which the ``whisper-normalizer`` package ships byte for byte). That port agrees with
+OpenAI's own module on every one of 20,027 test strings (benchmarks/RESULTS.md); the ``whisper-normalizer``
+package's ``EnglishTextNormalizer`` does not: it adds rules of its own ("kinda" -> "kind of", "sorta",
+"dunno", "cause" -> "because") that change the WER of conversational speech, so it is not used. The alignments
+and counts come from ``jiwer``.
 
 Empty texts: an utterance whose (normalised) reference is empty has N = 0 and each hypothesis word counts as an
 insertion; its own rate is errors / max(N, 1), as in jiwer. The corpus rate is likewise errors / max(N, 1), so a
@@ -18,18 +22,23 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
-_INSTALL_HINT = "pip install whisper-normalizer==0.1.12"
+_INSTALL_HINT = "pip install 'mmdiff[audio]' (transformers and whisper-normalizer)"
 
 
 @functools.lru_cache(maxsize=1)
 def _english_normaliser() -> Callable[[str], str]:
+    import json
+    from importlib.resources import files
+
     try:
-        from whisper_normalizer.english import EnglishTextNormalizer
+        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+        spelling = json.loads(files("whisper_normalizer").joinpath("normalizers/english.json").read_text())
     except ImportError as error:  # a clear message beats a bare ModuleNotFoundError deep in an eval run
         raise ImportError(
-            f"Whisper English normalisation needs the whisper-normalizer package: {_INSTALL_HINT}"
+            f"Whisper English normalisation needs transformers and whisper-normalizer: {_INSTALL_HINT}"
         ) from error
-    return EnglishTextNormalizer()
+    return EnglishTextNormalizer(spelling)
 
 
 def normalise_text(text: str) -> str:

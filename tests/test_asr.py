@@ -299,3 +299,14 @@ def test_cached_media_are_preprocessed_once_and_train_identically(tmp_path):
         curves.append([json.loads(x)["loss"] for x in lines if "loss" in json.loads(x)])
     assert len(curves[0]) == 4
     torch.testing.assert_close(torch.tensor(curves[1]), torch.tensor(curves[0]))
+
+
+@pytest.mark.parametrize("samples", [16000, 16001, 8079, 159])
+def test_whisper_real_frames_are_the_feature_extractors_attention_mask(samples):
+    from transformers import WhisperFeatureExtractor
+
+    wave = (np.random.default_rng(1).standard_normal(samples) * 0.1).astype(np.float32)
+    extractor = WhisperFeatureExtractor(feature_size=80, chunk_length=2)
+    mask = extractor(wave, sampling_rate=16000, return_attention_mask=True, return_tensors="np")["attention_mask"]
+    tower = create_encoder("whisper_tiny")  # a 2 s window
+    assert int(tower.preprocess(torch.from_numpy(wave))[-1].sum()) == int(mask.sum()) == -(-samples // 160)

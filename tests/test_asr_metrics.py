@@ -92,6 +92,9 @@ def test_real_time_factor():
         ("Uh, I've organised the theatre", "i have organized the theater"),
         ("it costs five dollars", "it costs $5"),
         ("hmm", ""),
+        # OpenAI's rules, not the whisper-normalizer package's additions
+        ("I kinda dunno cause", "i kinda dunno cause"),
+        ("gonna wanna", "going to want to"),
     ],
 )
 def test_whisper_normalisation(text, expected):

@@ -34,3 +34,10 @@ def chat_prompt_ids(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[
         bos = getattr(hf, "bos_token", None) if hf is not None else None
         text = llada_chat_text(messages, bos or LLADA_BOS)
     return tokenizer.encode(text)
+
+
+def chat_answer(engine: Any, messages: Sequence[dict[str, str]], generator: Any = None) -> str:
+    """The model's next assistant turn for `messages`: the chat prompt decoded with the engine's sampler,
+    cut at the first EoT (or EOS), special tokens dropped."""
+    out = engine.generate([chat_prompt_ids(engine.tokenizer, messages)], generator=generator)
+    return engine.texts(out)[0]

@@ -1,5 +1,5 @@
-"""`mmdiff`: the one console script (train | eval | sample | shards | plot | list | show-config, and
-the commands tasks register: deliberate for ASR runs, generate for protein runs).
+"""`mmdiff`: the one console script (train | pretrain-tower | eval | sample | chat | serve | shards | plot | list |
+show-config, and the commands tasks register: deliberate for ASR runs, generate for protein runs).
 
 Configs are YAML files (a path, or a name in configs/experiment/) with ``--set a.b=c`` overrides.
 Errors a user can fix (bad config key, missing file, impossible decoding shape) print one line
@@ -43,8 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an experiment, then evaluate it on the test split")
     with_config(p)
 
-    p = sub.add_parser("sample", help="answer prompts with a trained run")
-    p.add_argument("--run", required=True, help="run folder or checkpoint folder")
+    p = sub.add_parser(
+        "pretrain-tower", help="pre-train an image tower contrastively (CLIP) on a task's captions (encoder weights)"
+    )
+    with_config(p)
+
+    def with_llada(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="LLaDA folder weights")
+        p.add_argument("--device", default="auto", help="LLaDA folder: auto, cpu or cuda")
+
+    p = sub.add_parser("sample", help="answer prompts with a trained run or a released LLaDA folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run folder or checkpoint folder")
+    source.add_argument("--llada", help="a released LLaDA folder: each prompt is one chat turn (--raw: plain text)")
+    p.add_argument("--raw", action="store_true", help="LLaDA folder: continue the prompt as given, no chat template")
+    with_llada(p)
     p.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable)")
     p.add_argument("--image", default=None, help="an image file for the prompt (vision runs)")
     p.add_argument("--audio", default=None, help="an audio file for the prompt (speech runs)")
@@ -54,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="save a picture of the denoising order (which token was committed at which step)",
     )
+
+    p = sub.add_parser("chat", help="chat with a released LLaDA folder (its chat template; answers end at EoT)")
+    p.add_argument("--llada", required=True, help="a released LLaDA folder (config.json, safetensors, tokenizer)")
+    p.add_argument("--prompt", action="append", default=None, help="user turns in order (default: read from stdin)")
+    p.add_argument("--system", default=None, help="a system message before the first turn")
+    with_llada(p)
+    with_overrides(p)
 
     p = sub.add_parser("eval", help="evaluate a trained run on a split")
     p.add_argument("--run", required=True, help="run folder or checkpoint folder")
@@ -80,8 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=32, help="most requests decoded together")
     p.add_argument("--max-queue", type=int, default=64, help="most requests waiting for a slot (then 429)")
     p.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to finish open requests on SIGTERM")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="LLaDA folder weights")
-    p.add_argument("--device", default="auto", help="LLaDA folder: auto, cpu or cuda")
+    with_llada(p)
     with_overrides(p)
 
     p = sub.add_parser(
@@ -185,8 +204,21 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"{split}:")
             _print_evaluation(run, evaluation.evaluate(run, split, config.train.eval_limit))
         return 0
+    if args.command == "pretrain-tower":
+        from multimodal.train.contrastive import TOWER_FILE, load_pretrain_config, pretrain_tower
+
+        folder = pretrain_tower(load_pretrain_config(args.config, args.overrides))
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        final = next((r for r in reversed(rows) if "val/i2t_r1" in r), {})
+        print(f"run folder: {folder}")
+        print(f"tower weights: {folder / TOWER_FILE}")
+        if final:
+            print(json.dumps({k: round(v, 4) for k, v in final.items() if k.startswith("val/")}))
+        return 0
     if args.command == "serve":
         return _serve(args)
+    if args.command == "chat" or getattr(args, "llada", None):
+        return _llada_chat(args)
     run = load_run(args.run, args.overrides)
     if args.command == "eval":
         _print_evaluation(run, evaluation.evaluate(run, args.split, args.limit))
@@ -242,6 +274,52 @@ def _sample(run, args: argparse.Namespace) -> int:
     return 0
 
 
+def _llada_chat(args: argparse.Namespace) -> int:
+    """`mmdiff chat` and `mmdiff sample --llada`: a released LLaDA folder, LLaDA's decoding defaults
+    (``--set sampler.<field>=<value>`` changes them). Chat keeps the conversation: every answer joins
+    the messages of the next turn."""
+    import torch
+
+    from multimodal.chat import chat_answer
+    from multimodal.serve.backend import LLaDABackend
+    from multimodal.train.build import pick_device
+
+    sampler = _sampler_overrides(args.overrides, args.command)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    engine = LLaDABackend(args.llada, sampler, pick_device(args.device), dtype).engine
+    if args.command == "sample":
+        if not args.prompt:
+            raise ValueError("sample needs --prompt")
+        for prompt in args.prompt:
+            if args.raw:
+                answer = engine.texts(engine.generate([engine.tokenizer.encode(prompt)]))[0]
+            else:
+                answer = chat_answer(engine, [{"role": "user", "content": prompt}])
+            print(f"{prompt} -> {answer}")
+        return 0
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = not args.prompt
+    turns = args.prompt or _stdin_turns()
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        answer = chat_answer(engine, messages)
+        messages.append({"role": "assistant", "content": answer})
+        print(answer if interactive else f"user: {turn}\nassistant: {answer}", flush=True)
+    return 0
+
+
+def _stdin_turns():
+    """User turns typed at a prompt (or piped in), until an empty line or end of input."""
+    while True:
+        try:
+            line = input("you> " if sys.stdin.isatty() else "")
+        except EOFError:
+            return
+        if not line.strip():
+            return
+        yield line
+
+
 def _serve(args: argparse.Namespace) -> int:
     """`mmdiff serve`: a run (its task lays prompts out) or a released LLaDA folder (its chat template)."""
     from multimodal.serve.backend import LLaDABackend, RunBackend
@@ -256,7 +334,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         from multimodal.train.build import pick_device
 
-        sampler = _sampler_overrides(args.overrides)
+        sampler = _sampler_overrides(args.overrides, "serve --llada")
         dtype = getattr(torch, args.dtype) if args.dtype else None
         backend = LLaDABackend(args.llada, sampler, pick_device(args.device), dtype)
     serve(
@@ -270,7 +348,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampler_overrides(overrides: list[str]):
+def _sampler_overrides(overrides: list[str], command: str):
     """A LLaDA folder's decoding: LLaDA's defaults with ``--set sampler.<field>=<value>`` applied."""
     from dataclasses import asdict
 
@@ -280,9 +358,7 @@ def _sampler_overrides(overrides: list[str]):
 
     data = apply_overrides({}, overrides)
     if set(data) - {"sampler"}:
-        raise ConfigError(
-            f"serve --llada takes only sampler.* overrides, not {', '.join(sorted(set(data) - {'sampler'}))}"
-        )
+        raise ConfigError(f"{command} takes only sampler.* overrides, not {', '.join(sorted(set(data) - {'sampler'}))}")
     fields = {**asdict(LLADA_DEFAULT), **data.get("sampler", {})}
     try:
         cls = sampler_config_class(fields["name"])

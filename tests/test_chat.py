@@ -52,3 +52,40 @@ def test_chat_prompt_ids_use_the_folder_template_or_the_built_in_one(tmp_path, t
     assert ids[0] == tok.token_id("<|startoftext|>") and ids.count(tok.eot_id) == 4
     assert ids[-2:] == [tok.token_id("assistant"), tok.token_id("<|end_header_id|>")]
     assert ids == tok.encode(llada_chat_text(MESSAGES))
+
+
+def test_chat_and_sample_on_a_released_llada_folder(tmp_path, capsys):
+    import torch
+
+    from multimodal.backbone import backbone_preset, create_backbone
+    from multimodal.backbone.convert import save_llada_checkpoint
+    from multimodal.chat import chat_answer
+    from multimodal.cli import main
+    from multimodal.sampling import SamplerConfig
+    from multimodal.serve.backend import LLaDABackend
+
+    torch.manual_seed(0)
+    folder = tmp_path / "LLaDA-tiny-Instruct"
+    save_llada_checkpoint(create_backbone(backbone_preset("llada_tiny", max_seq_len=128, init_std=0.2)), folder)
+    llada_tokenizer_folder(folder)
+    decoding = {"steps": 8, "gen_length": 16, "block_length": 8}
+    overrides = [a for k, v in decoding.items() for a in ("--set", f"sampler.{k}={v}")]
+    engine = LLaDABackend(folder, SamplerConfig(**decoding)).engine
+    first = chat_answer(engine, [{"role": "user", "content": "hello"}])
+    second = chat_answer(
+        engine,
+        [
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": "hi"},
+        ],
+    )
+    assert main(["chat", "--llada", str(folder), "--prompt", "hello", "--prompt", "hi", *overrides]) == 0
+    assert capsys.readouterr().out == f"user: hello\nassistant: {first}\nuser: hi\nassistant: {second}\n"
+    assert main(["sample", "--llada", str(folder), "--prompt", "hello", *overrides]) == 0
+    assert capsys.readouterr().out == f"hello -> {first}\n"
+    raw = engine.texts(engine.generate([engine.tokenizer.encode("hello world")]))[0]
+    assert main(["sample", "--llada", str(folder), "--raw", "--prompt", "hello world", *overrides]) == 0
+    assert capsys.readouterr().out == f"hello world -> {raw}\n"
+    assert main(["chat", "--llada", str(folder), "--set", "train.max_steps=3"]) == 2
+    assert "chat takes only sampler.* overrides" in capsys.readouterr().err

@@ -165,6 +165,17 @@ def test_stop_at_eos_fills_the_rest_and_skips_later_blocks():
     assert out.commit_step[0, 2:].tolist() == [0] * 6  # filled when the EOS was committed
 
 
+def test_a_chat_end_of_turn_stops_like_eos():
+    gen = 8
+    table = peaked_table(1 + gen, [6, 7, EOT, 8, 8, 8, 8, 8, 8], [0, 2.0, 9.0, 1, 1, 1, 1, 1, 1])
+    model = TableModel(table)
+    out = generate(
+        model, torch.tensor([[4]]), sampler(steps=8, gen_length=gen, block_length=2, stop_at_eos=True), SPECIAL
+    )
+    assert out.generated.tolist() == [[7, EOT] + [EOS] * 6]  # the answer's end, then EOS padding
+    assert out.nfe == 2
+
+
 def tiny_model(seed=0, preset="llada_tiny"):
     torch.manual_seed(seed)
     return create_backbone(backbone_preset(preset, max_seq_len=128, init_std=0.2)).eval()

@@ -181,7 +181,7 @@ def decode_block(
         committed = torch.zeros_like(x, dtype=torch.bool)
         committed[:, s:e] = commit
         if eos_stop:
-            committed |= _fill_after_eos(x, r0, r1, special.eos_id, mask_id, stop_rows)
+            committed |= _fill_after_eos(x, r0, r1, special, stop_rows)
         if commit_step is not None:
             commit_step.masked_fill_(committed[:, r0:r1], forward.nfe - 1)
         if callback is not None:
@@ -189,12 +189,16 @@ def decode_block(
 
 
 def _fill_after_eos(
-    x: torch.Tensor, r0: int, r1: int, eos_id: int, mask_id: int, rows: torch.Tensor | None = None
+    x: torch.Tensor, r0: int, r1: int, special: SpecialIds, rows: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Turn every mask after the first committed EOS of each row (of `rows`, default all) into EOS;
-    return what changed (B, L)."""
+    """Turn every mask after the first committed EOS, or chat end-of-turn (EoT), of each row (of `rows`,
+    default all) into EOS; return what changed (B, L). An instruct model ends its answer with EoT and
+    pads the rest with EOS, so either one ends it."""
     region = x[:, r0:r1]  # a view: filled in place
+    eos_id, mask_id = special.eos_id, special.mask_id
     is_eos = region == eos_id
+    if special.eot_id is not None:
+        is_eos |= region == special.eot_id
     after = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
     fill = after & (region == mask_id)
     if rows is not None:

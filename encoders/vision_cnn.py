@@ -13,6 +13,10 @@ learns shape slowly. Measured with a shape + colour classifier on single-object 
 (300 steps, batch 64): an 8 x 8 grid read out by attention reached 37% shape accuracy (chance 20%),
 the same grid max-pooled to 4 x 4 first reached 77% and was still climbing; colour was learned
 either way.
+
+`weights` loads a tower pre-trained by `mmdiff pretrain-tower` (encoders/contrastive.py: CLIP on
+scene captions), the laptop counterpart of LLaDA-V's pretrained SigLIP: a safetensors file of this
+tower's own keys, loaded strictly (missing, extra and mis-shaped keys named).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import nn
 
 from encoders.base import ENCODERS, EncoderSpec
 from encoders.vision import VisionTower
+from encoders.weights import load_into, load_state_dict
 
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -53,6 +58,7 @@ class ConvTower(VisionTower):
         pool: int = 1,
         preprocess: dict[str, Any] | None = None,
         depth: int = 1,
+        weights: str | None = None,
     ):
         stages = len(widths)
         if depth < 1:
@@ -67,7 +73,7 @@ class ConvTower(VisionTower):
             "interpolation": "bilinear",
             **(preprocess or {}),
         }
-        super().__init__(EncoderSpec(None, settings), widths[-1], 2**stages * pool)
+        super().__init__(EncoderSpec(weights, settings), widths[-1], 2**stages * pool)
         self.pool = pool
         self.grid = image_size // (2**stages * pool)
         layers = [_block(5, stem_width, 1)]
@@ -79,6 +85,8 @@ class ConvTower(VisionTower):
         self.body = nn.Sequential(*layers)
         self.pos = nn.Parameter(torch.zeros(1, self.grid * self.grid, widths[-1]))
         nn.init.normal_(self.pos, std=0.02)
+        if weights:
+            load_into(self, load_state_dict(weights), weights)
 
     def blocks(self) -> list[nn.Module]:
         return list(self.body)
@@ -102,12 +110,14 @@ def conv_small(
     pool: int = 2,
     preprocess: dict[str, Any] | None = None,
     depth: int = 1,
+    weights: str | None = None,
 ) -> ConvTower:
     """About 0.1M parameters; by default 64 px -> three stride-2 stages -> 8 x 8 -> max-pool -> 16 tokens of 128.
 
-    ``depth`` > 1 adds residual stride-1 convolutions to every stage (a larger receptive field per cell).
+    ``depth`` > 1 adds residual stride-1 convolutions to every stage (a larger receptive field per cell);
+    ``weights``: a pre-trained tower of the same arguments (module docstring).
     """
-    return ConvTower(image_size, tuple(widths), stem_width, pool, preprocess, depth)
+    return ConvTower(image_size, tuple(widths), stem_width, pool, preprocess, depth, weights)
 
 
 @ENCODERS.register("conv_tiny")

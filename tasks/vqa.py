@@ -9,7 +9,8 @@ then read through the same shard path. Layouts:
   stands alone with its image (the shapes questions are independent).
 * ``turns: conversation``: one training example per conversation, every answer maskable.
 * ``mode: caption``: LLaDA-V stage-1 alignment data; the answer is the image's description (the
-  shapes generator's scene objects, listed left to right). ``mode: mixed`` trains on both, one
+  shapes generator's scene objects, listed left to right, each with its place on a 3 x 3 grid); the
+  same pairs pre-train the image tower contrastively (`mmdiff pretrain-tower`). ``mode: mixed`` trains on both, one
   caption per image besides its questions (evaluation always asks the questions): the caption is
   dense supervision that teaches a tower trained from scratch every object's attributes at once,
   where a one-word answer teaches one.
@@ -83,10 +84,18 @@ def embedded_dataset(cfg: VQAConfig) -> Path:
     return folder
 
 
+def region(obj: dict[str, Any]) -> str:
+    """Where an object's centre lies on a 3 x 3 grid of the image: ``top left`` ... ``bottom right``."""
+    column = ("left", "centre", "right")[min(int(obj.get("x", 0.5) * 3), 2)]
+    row = ("top", "middle", "bottom")[min(int(obj.get("y", 0.5) * 3), 2)]
+    return f"{row} {column}"
+
+
 def caption(scene: dict[str, Any]) -> str:
-    """A description of a shapes scene: its objects left to right ("large red circle, small blue star")."""
+    """A description of a shapes scene, objects left to right, each with its place on a 3 x 3 grid:
+    "large red circle top left, small blue star bottom right"."""
     objects = sorted(scene.get("objects", []), key=lambda o: o.get("x", 0.0))
-    return ", ".join(f"{o['size']} {o['colour']} {o['shape']}" for o in objects) or "nothing"
+    return ", ".join(f"{o['size']} {o['colour']} {o['shape']} {region(o)}" for o in objects) or "nothing"
 
 
 @TASKS.register("vqa")

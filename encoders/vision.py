@@ -2,14 +2,18 @@
 
 Every tower returns patch features (B, N, C) of a selectable layer (the LLaDA-V default is SigLIP2
 so400m patch14 at 384 px, second-to-last layer, 729 tokens), without class / register tokens, and
-carries its preprocessing (image size, mean / std, resize policy, interpolation) in its spec, as
-timm's pretrained configs do. Real weights come only from local paths; a missing one is an error
+carries its preprocessing (image size, mean / std, resize policy, interpolation, crop_pct) in its spec,
+taken from the library's own config: timm's data config (`timm.data.resolve_data_config`, crop_pct and
+crop mode included) and open_clip's model preprocess config (`open_clip.get_model_preprocess_cfg`), so
+the pixels equal those of the library's evaluation transform (tested). SigLIP2 NaFlex checkpoints
+(variable-resolution patch sequences) are refused with an error; fixed-resolution SigLIP2 loads. Real weights come only from local paths; a missing one is an error
 naming it. Each family has a tiny random preset for tests, checked for parity against the library's
 own model.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +23,24 @@ from torch import nn
 from encoders.base import ENCODERS, EncoderSpec, ModalityEncoder
 from encoders.weights import load_into, load_state_dict, strip_prefix
 
-RESIZE_POLICIES = ("squash", "shortest", "pad")
+RESIZE_POLICIES = ("squash", "shortest", "longest", "pad")
 
 
 def image_transform(preprocess: dict[str, Any]):
     """A callable image (PIL, path or encoded bytes) -> (3, H, W) float tensor for the given settings.
 
-    Keys: image_size (int), mean, std (3 floats), resize (``squash``: resize to a square ignoring
-    aspect ratio; ``shortest``: shortest side to image_size then centre crop; ``pad``: pad to a square
-    with the mean colour, then resize, as LLaVA's "pad" aspect mode), interpolation (bilinear / bicubic).
+    Keys: image_size (int), mean, std (3 floats), interpolation (bilinear / bicubic), crop_pct (default 1),
+    fill (padding colour of ``longest``: one 0-255 value or three), and resize:
+
+    * ``shortest``: shortest side to floor(image_size / crop_pct), then the centre image_size square
+      (timm's ``center`` crop mode, with its crop_pct; open_clip's ``shortest`` with crop_pct 1);
+    * ``squash``: both sides to floor(image_size / crop_pct), ignoring the aspect ratio, then the centre
+      square (timm's ``squash``; open_clip's ``squash`` with crop_pct 1);
+    * ``longest``: longest side to floor(image_size / crop_pct) keeping the ratio, then centred on an
+      image_size square of `fill` (timm's ``border``, open_clip's ``longest``);
+    * ``pad``: pad to a square with the mean colour, then resize (LLaVA's "pad" aspect mode).
+
+    Resizing and cropping run on the PIL image, as in timm and open_clip, so the pixels equal theirs.
     """
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import v2 as T
@@ -39,13 +52,19 @@ def image_transform(preprocess: dict[str, Any]):
     mean = list(preprocess.get("mean", (0.5, 0.5, 0.5)))
     std = list(preprocess.get("std", (0.5, 0.5, 0.5)))
     interp = InterpolationMode(preprocess.get("interpolation", "bicubic"))
-    steps: list[Any] = [T.ToImage()]
-    if policy == "pad":
-        steps.append(_PadToSquare(mean))
+    crop_pct = float(preprocess.get("crop_pct", 1.0))
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"crop_pct must lie in (0, 1], got {crop_pct}")
+    scale = math.floor(size / crop_pct)
     if policy == "shortest":
-        steps += [T.Resize(size, interpolation=interp, antialias=True), T.CenterCrop(size)]
-    else:
-        steps.append(T.Resize((size, size), interpolation=interp, antialias=True))
+        steps: list[Any] = [T.Resize(scale, interpolation=interp), T.CenterCrop(size), T.ToImage()]
+    elif policy == "squash":
+        steps = [T.Resize((scale, scale), interpolation=interp), T.CenterCrop(size), T.ToImage()]
+    elif policy == "longest":
+        fill = preprocess.get("fill", 0)
+        steps = [_ResizeLongest(scale, interp), T.ToImage(), _CentreOnSquare(size, fill)]
+    else:  # pad
+        steps = [T.ToImage(), _PadToSquare(mean), T.Resize((size, size), interpolation=interp, antialias=True)]
     steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
     transform = T.Compose(steps)
 
@@ -67,6 +86,38 @@ def image_transform(preprocess: dict[str, Any]):
     return apply
 
 
+class _ResizeLongest(nn.Module):
+    """Scale a PIL image so that its longest side is `side`, keeping the ratio (sides rounded)."""
+
+    def __init__(self, side: int, interpolation: Any):
+        super().__init__()
+        self.side, self.interpolation = side, interpolation
+
+    def forward(self, image: Any) -> Any:
+        from torchvision.transforms.v2 import functional as F
+
+        w, h = image.size
+        ratio = max(h / self.side, w / self.side)
+        return F.resize(image, [round(h / ratio), round(w / ratio)], interpolation=self.interpolation)
+
+
+class _CentreOnSquare(nn.Module):
+    """Centre a (3, h, w) uint8 image on a side x side canvas of `fill` (cropping what sticks out)."""
+
+    def __init__(self, side: int, fill: int | list[int]):
+        super().__init__()
+        self.side, self.fill = side, fill
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        h, w = image.shape[-2:]
+        pad_w, pad_h = max(self.side - w, 0), max(self.side - h, 0)
+        if pad_w or pad_h:
+            image = F.pad(image, [pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2], fill=self.fill)
+        return F.center_crop(image, [self.side, self.side])
+
+
 class _PadToSquare(nn.Module):
     def __init__(self, mean: list[float]):
         super().__init__()
@@ -79,6 +130,50 @@ class _PadToSquare(nn.Module):
         side = max(h, w)
         left, top = (side - w) // 2, (side - h) // 2
         return F.pad(image, [left, top, side - w - left, side - h - top], fill=self.fill)
+
+
+def _square(size: Any, source: str) -> int:
+    sides = {int(x) for x in size} if isinstance(size, (tuple, list)) else {int(size)}
+    if len(sides) != 1:
+        raise ValueError(f"{source}: non-square input size {tuple(size)} is not supported (square towers only)")
+    return sides.pop()
+
+
+def timm_preprocess(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Our settings for timm's evaluation transform of a data config (`timm.data.resolve_data_config`):
+    input size, mean / std, interpolation, crop_pct and crop mode (center, squash, border)."""
+    modes = {"center": "shortest", "squash": "squash", "border": "longest"}
+    mode = cfg.get("crop_mode") or "center"
+    if mode not in modes:
+        raise ValueError(f"timm crop_mode '{mode}' is not supported (center, squash, border)")
+    mean = list(cfg["mean"])
+    return {
+        "image_size": _square(cfg["input_size"][-2:], "timm data config"),
+        "mean": mean,
+        "std": list(cfg["std"]),
+        "interpolation": cfg["interpolation"],
+        "crop_pct": float(cfg.get("crop_pct") or 0.875),  # timm's DEFAULT_CROP_PCT when unset
+        "resize": modes[mode],
+        "fill": [round(255 * m) for m in mean],  # border mode pads with the mean colour
+    }
+
+
+def open_clip_preprocess(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Our settings for open_clip's evaluation transform of a model's preprocess config
+    (`open_clip.get_model_preprocess_cfg`; open_clip's PreprocessCfg defaults fill what it omits)."""
+    from open_clip.transform import PreprocessCfg
+
+    full = PreprocessCfg(**{k: v for k, v in cfg.items() if k in PreprocessCfg.__dataclass_fields__})
+    if full.resize_mode not in ("shortest", "squash", "longest"):
+        raise ValueError(f"open_clip resize_mode '{full.resize_mode}' is not supported (shortest, squash, longest)")
+    return {
+        "image_size": _square(full.size, "open_clip preprocess config"),
+        "mean": list(full.mean),
+        "std": list(full.std),
+        "interpolation": full.interpolation,
+        "resize": full.resize_mode,
+        "fill": full.fill_color,
+    }
 
 
 class VisionTower(ModalityEncoder):
@@ -131,15 +226,7 @@ class TimmTower(VisionTower):
             state = load_state_dict(weights)
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
             load_into(model, state, weights)
-        cfg = timm.data.resolve_data_config({}, model=model)
-        settings = {
-            "image_size": cfg["input_size"][-1],
-            "mean": list(cfg["mean"]),
-            "std": list(cfg["std"]),
-            "interpolation": cfg["interpolation"],
-            "resize": "shortest",
-            **(preprocess or {}),
-        }
+        settings = {**timm_preprocess(timm.data.resolve_data_config({}, model=model)), **(preprocess or {})}
         patch = model.patch_embed.patch_size[0]
         super().__init__(EncoderSpec(weights, settings), model.embed_dim, patch)
         self.model, self.layer = model, layer
@@ -171,20 +258,12 @@ class OpenClipTower(VisionTower):
         if visual is None:
             if model_name is None:
                 raise ValueError("OpenClipTower needs a model_name or a visual module")
-            visual = open_clip.create_model(model_name, pretrained=None).visual
+            visual = open_clip.create_model(model_name, pretrained=None).visual  # carries its preprocess_cfg
         if weights:
             state = load_state_dict(weights)
             state = strip_prefix(state, "visual.") if any(k.startswith("visual.") for k in state) else state
             load_into(visual, state, weights)
-        size = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
-        settings = {
-            "image_size": size,
-            "mean": list(open_clip.OPENAI_DATASET_MEAN),
-            "std": list(open_clip.OPENAI_DATASET_STD),
-            "interpolation": "bicubic",
-            "resize": "shortest",
-            **(preprocess or {}),
-        }
+        settings = {**open_clip_preprocess(open_clip.get_model_preprocess_cfg(visual)), **(preprocess or {})}
         patch = visual.patch_size[0] if isinstance(visual.patch_size, tuple) else visual.patch_size
         super().__init__(EncoderSpec(weights, settings), visual.transformer.width, patch)
         self.visual, self.layer = visual, layer
@@ -227,10 +306,15 @@ class SiglipTower(VisionTower):
         elif config is None:
             raise ValueError("SiglipTower needs a local folder or a config")
         if getattr(config, "model_type", "") == "siglip2_vision_model":
-            from transformers import Siglip2VisionModel as Model
-        else:
-            Model = SiglipVisionModel  # noqa: N806
-            config = config if isinstance(config, SiglipVisionConfig) else SiglipVisionConfig(**config.to_dict())
+            # SigLIP2 NaFlex takes a variable-length sequence of patches with their grid shapes, not a fixed
+            # square image; LLaDA-V's siglip2-so400m-patch14-384 is a fixed-resolution (SiglipVisionModel) one
+            raise ValueError(
+                f"{folder or 'config'}: SigLIP2 NaFlex checkpoints (model_type siglip2_vision_model) are not "
+                "supported; use a fixed-resolution SigLIP / SigLIP2 checkpoint (model_type siglip or "
+                "siglip_vision_model, e.g. siglip2-so400m-patch14-384)"
+            )
+        Model = SiglipVisionModel  # noqa: N806
+        config = config if isinstance(config, SiglipVisionConfig) else SiglipVisionConfig(**config.to_dict())
         model = Model(config)
         if folder is not None:
             state = load_state_dict(folder)

@@ -112,6 +112,56 @@ def test_preprocessing_policies(policy, size):
         image_transform({"resize": "stretch"})
 
 
+def _noise_image(w=301, h=187):
+    import numpy as np
+
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("crop_mode,crop_pct", [("center", 0.9), ("center", None), ("squash", 0.95), ("border", 1.0)])
+def test_timm_preprocessing_equals_timms_eval_transform(crop_mode, crop_pct):
+    import timm
+
+    from encoders.vision import timm_preprocess
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=64, patch_size=16)
+    cfg = {**timm.data.resolve_data_config({}, model=model), "crop_mode": crop_mode, "crop_pct": crop_pct}
+    ours = image_transform(timm_preprocess(cfg))
+    reference = timm.data.create_transform(**cfg, is_training=False)
+    for image in (_noise_image(), _noise_image(90, 140)):
+        torch.testing.assert_close(ours(image), reference(image), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("resize_mode", ["shortest", "squash", "longest"])
+def test_open_clip_preprocessing_equals_open_clips_eval_transform(resize_mode):
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from encoders.vision import open_clip_preprocess
+
+    cfg = {"size": 64, "resize_mode": resize_mode, "interpolation": "bicubic", "fill_color": 7}
+    ours = image_transform(open_clip_preprocess(cfg))
+    reference = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+    for image in (_noise_image(), _noise_image(90, 140)):
+        torch.testing.assert_close(ours(image), reference(image), atol=1e-6, rtol=0)
+
+
+def test_siglip2_naflex_is_refused_naming_the_folder(tmp_path):
+    from transformers import Siglip2VisionConfig
+
+    Siglip2VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    ).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"{tmp_path}: SigLIP2 NaFlex"):
+        create_encoder("siglip", weights=str(tmp_path))
+
+
+def test_towers_take_preprocessing_from_their_library_configs():
+    tower = create_encoder("timm_tiny")
+    assert tower.spec.preprocess["crop_pct"] == 0.9 and tower.spec.preprocess["resize"] == "shortest"
+    tower = create_encoder("open_clip_tiny")
+    assert tower.spec.preprocess["resize"] == "shortest" and tower.spec.preprocess["interpolation"] == "bicubic"
+
+
 def test_lock_and_projectors():
     tower = create_encoder("siglip_tiny")
     tower.lock(unlocked_groups=1)

@@ -6,9 +6,9 @@ carries its preprocessing (image size, mean / std, resize policy, interpolation,
 taken from the library's own config: timm's data config (`timm.data.resolve_data_config`, crop_pct and
 crop mode included) and open_clip's model preprocess config (`open_clip.get_model_preprocess_cfg`), so
 the pixels equal those of the library's evaluation transform (tested). SigLIP2 NaFlex checkpoints
-(variable-resolution patch sequences) are refused with an error; fixed-resolution SigLIP2 loads. Real weights come only from local paths; a missing one is an error
-naming it. Each family has a tiny random preset for tests, checked for parity against the library's
-own model.
+(variable-resolution patch sequences) are refused with an error; fixed-resolution SigLIP2 loads.
+Real weights come only from local paths; a missing one is an error naming it. Each family has a tiny
+random preset for tests, checked for parity against the library's own model.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ Face ESM folders), and encoders over any local BERT / ESM-style masked LM (trans
 
 ESM2 is built with token dropout off: ESM's token dropout rescales embeddings as if 12% of tokens
 were masked, which is wrong for a diffusion model that sees every mask rate (DSM, PAPERS.md
-section 5). Presets cover a tiny test shape and the released 8M / 35M / 150M / 650M shapes.
+section 5). The one exception is a released DSM folder whose config turns it on: the released model
+computes with it, so reproducing it needs it (an explicit `token_dropout` overrides either way).
+Presets cover a tiny test shape and the released 8M / 35M / 150M / 650M shapes.
 Hugging Face ESM checkpoints are mapped onto fair-esm's parameter names by a fixed table, so both
 sources give the same model. Everything loads from local paths with safe loaders.
 """
@@ -54,18 +56,32 @@ def alphabet():
     return esm.data.Alphabet.from_architecture("ESM-1b")
 
 
-def build_esm2(layers: int, width: int, heads: int) -> nn.Module:
-    """A fair-esm ESM2 with token dropout off."""
+def build_esm2(layers: int, width: int, heads: int, token_dropout: bool = False) -> nn.Module:
+    """A fair-esm ESM2, token dropout off unless asked (module docstring)."""
     from esm.model.esm2 import ESM2
 
-    return ESM2(num_layers=layers, embed_dim=width, attention_heads=heads, alphabet=alphabet(), token_dropout=False)
+    return ESM2(
+        num_layers=layers, embed_dim=width, attention_heads=heads, alphabet=alphabet(), token_dropout=token_dropout
+    )
 
 
 def hf_to_esm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a Hugging Face EsmForMaskedLM state dict to fair-esm's names (the tied decoder is dropped)."""
+    """Rename a Hugging Face EsmForMaskedLM state dict, or a released DSM one (FastESM body ``esm.*``, a
+    pooler the LM never uses, an LM head whose decoder carries the bias and shares the embedding
+    matrix), to fair-esm's names. The tied decoder weight is dropped, after checking that it is tied."""
+    state = dict(state)
+    embed, decoder = state.get("esm.embeddings.word_embeddings.weight"), state.pop("lm_head.decoder.weight", None)
+    if embed is None and decoder is not None:  # a shared tensor saved once, under the decoder's name
+        state["esm.embeddings.word_embeddings.weight"] = decoder
+    elif decoder is not None and not torch.equal(embed, decoder):
+        raise ValueError("lm_head.decoder.weight differs from the token embeddings (ESM2 and DSM tie them)")
+    if "lm_head.decoder.bias" in state:  # DSM's decoder holds the output bias that ESM keeps as lm_head.bias
+        if "lm_head.bias" in state:
+            raise ValueError("both lm_head.bias and lm_head.decoder.bias: which output bias is meant is unclear")
+        state["lm_head.bias"] = state.pop("lm_head.decoder.bias")
     out = {}
     for key, value in state.items():
-        if key in ("lm_head.decoder.weight", "esm.embeddings.position_ids") or key.startswith("esm.pooler."):
+        if key == "esm.embeddings.position_ids" or key.startswith(("esm.pooler.", "pooler.")):
             continue
         if "rotary_embeddings.inv_freq" in key:  # a fixed buffer (saved under a wildcard name by some versions)
             continue
@@ -80,8 +96,16 @@ def hf_to_esm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_esm2(weights: str | Path) -> nn.Module:
-    """ESM2 from a local fair-esm checkpoint file (.pt, read with weights_only) or a Hugging Face ESM folder."""
+def load_esm2(weights: str | Path, token_dropout: bool | None = None) -> nn.Module:
+    """ESM2 from a local fair-esm checkpoint file (.pt, read with weights_only), a Hugging Face ESM folder
+    or a released DSM folder (``GleghornLab/DSM_150``, ``DSM_650``, ``Synthyra/DSM_ppi_full``: config.json
+    with model_type ``dsm``).
+
+    Args:
+        weights: the file or folder.
+        token_dropout: ESM's token-dropout rescaling of the embeddings. None: as a DSM folder's config says
+            (the released model computes with it), off for everything else (module docstring).
+    """
     path = Path(weights)
     if path.is_dir():
         import json
@@ -92,7 +116,10 @@ def load_esm2(weights: str | Path) -> nn.Module:
         cfg = json.loads(cfg_file.read_text())
         if cfg.get("position_embedding_type", "rotary") != "rotary" or cfg.get("emb_layer_norm_before"):
             raise ValueError(f"{path}: only ESM2-style checkpoints (rotary, no embedding layer norm) are supported")
-        model = build_esm2(cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"])
+        if token_dropout is None:
+            token_dropout = cfg.get("model_type") == "dsm" and bool(cfg.get("token_dropout", False))
+        layers, width, heads = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"]
+        model = build_esm2(layers, width, heads, token_dropout)
         state = hf_to_esm(load_state_dict(path))
     else:
         if not path.is_file():
@@ -103,13 +130,14 @@ def load_esm2(weights: str | Path) -> nn.Module:
         layers = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k)))
         width = state["embed_tokens.weight"].shape[1]
         heads = next((h for name, (n, w, h) in ESM_PRESETS.items() if (n, w) == (layers, width)), max(1, width // 64))
-        model = build_esm2(layers, width, heads)
+        model = build_esm2(layers, width, heads, bool(token_dropout))
+        own = model.state_dict()
+        state = {k: v for k, v in state.items() if k in own}  # fair-esm files carry trainer leftovers
     state.setdefault("lm_head.weight", state["embed_tokens.weight"])
-    own = model.state_dict()
-    for key in own:
+    for key, value in model.state_dict().items():
         if key.endswith("rot_emb.inv_freq"):  # computed from the shape, identical in every checkpoint
-            state.setdefault(key, own[key])
-    load_into(model, {k: v for k, v in state.items() if k in own}, str(path))
+            state.setdefault(key, value)
+    load_into(model, state, str(path))
     return model
 
 

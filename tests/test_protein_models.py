@@ -109,3 +109,88 @@ def test_dsm_sampler_steps_inpainting_and_forbidden_tokens():
     keep = masked != tok.mask_id
     assert torch.equal(out.sequences[keep], ids[keep])  # inpainting keeps every given residue
     assert set(out.sequences[0, 3:15].tolist()) <= set(tok.residue_ids())  # specials never sampled
+
+
+def dsm_folder(folder, token_dropout=True, seed=0):
+    """A tiny checkpoint in the released DSM layout (GleghornLab/DSM_150, Synthyra/DSM_ppi_full): a FastESM
+    body under ``esm.`` (Hugging Face ESM names), the unused pooler at the top level, and DSM's LM head
+    (dense, layer_norm, decoder with its own bias and the embedding matrix), config model_type ``dsm``.
+    Returns the Hugging Face EsmModel holding the same body, to compute the reference with."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import EsmConfig, EsmModel
+
+    torch.manual_seed(seed)
+    fields = dict(
+        vocab_size=33,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        position_embedding_type="rotary",
+        emb_layer_norm_before=False,
+        pad_token_id=1,
+        mask_token_id=32,
+        max_position_embeddings=128,
+        layer_norm_eps=1e-5,
+        token_dropout=token_dropout,
+    )
+    body = EsmModel(EsmConfig(**fields)).eval()
+    state = {f"esm.{k}": v for k, v in body.state_dict().items() if not k.startswith("pooler.")}
+    state |= {f"pooler.{k}": v.clone() for k, v in body.pooler.state_dict().items()}
+    head = {
+        "lm_head.dense.weight": torch.randn(64, 64) * 0.1,
+        "lm_head.dense.bias": torch.randn(64) * 0.1,
+        "lm_head.layer_norm.weight": 1 + torch.randn(64) * 0.1,
+        "lm_head.layer_norm.bias": torch.randn(64) * 0.1,
+        "lm_head.decoder.bias": torch.randn(33) * 0.1,
+    }
+    state |= head  # the tied decoder weight is saved once, as the embeddings
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "dsm", "architectures": ["DSM"], **fields}))
+    return body, head
+
+
+def dsm_reference_logits(body, head, ids):
+    """DSM's LM head as its modeling file defines it: decoder(LN(GELU(dense(h)))), capped at 30 tanh(x / 30)."""
+    h = body(ids).last_hidden_state
+    h = torch.nn.functional.gelu(h @ head["lm_head.dense.weight"].T + head["lm_head.dense.bias"])
+    h = torch.nn.functional.layer_norm(h, (64,), head["lm_head.layer_norm.weight"], head["lm_head.layer_norm.bias"])
+    logits = h @ body.embeddings.word_embeddings.weight.T + head["lm_head.decoder.bias"]
+    return 30 * torch.tanh(logits / 30)
+
+
+@pytest.mark.parametrize("token_dropout", [True, False])
+def test_a_released_dsm_folder_gives_the_reference_logits(tmp_path, token_dropout):
+    body, head = dsm_folder(tmp_path, token_dropout)
+    ours = ESMDiffusion(load_esm2(tmp_path).eval())
+    tok = ESMTokenizer()
+    ids = tokens(tok, ["MKTAYIAKQRQISFVKSHFSRQ"])
+    ids[0, 3:7] = tok.mask_id  # token dropout rescales by the share of masks, so put some in
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, dsm_reference_logits(body, head, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_dsm_folder_key_problems_are_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    dsm_folder(tmp_path)
+    file = tmp_path / "model.safetensors"
+    state = load_file(str(file))
+    broken = dict(state)
+    del broken["esm.encoder.layer.1.intermediate.dense.weight"]
+    broken["lm_head.dense.bias"] = torch.zeros(65)
+    save_file(broken, str(file))
+    with pytest.raises(
+        ValueError, match=r"missing keys: layers\.1\.fc1\.weight.*mis-shaped keys: lm_head\.dense\.bias"
+    ):
+        load_esm2(tmp_path)
+    save_file({**state, "esm.encoder.layer.0.adapter.weight": torch.zeros(2)}, str(file))
+    with pytest.raises(ValueError, match="unexpected key .*esm.encoder.layer.0.adapter.weight"):
+        load_esm2(tmp_path)
+    untied = {**state, "lm_head.decoder.weight": torch.zeros(33, 64)}
+    save_file(untied, str(file))
+    with pytest.raises(ValueError, match="differs from the token embeddings"):
+        load_esm2(tmp_path)

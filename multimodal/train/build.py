@@ -100,9 +100,9 @@ def _build_dsm(config: ExperimentConfig, source: Path | None) -> nn.Module:
 
     dsm = config.dsm
     if dsm.weights:
-        body = load_esm2(dsm.weights)
+        body = load_esm2(dsm.weights, dsm.token_dropout)
     elif dsm.preset in ESM_PRESETS:
-        body = build_esm2(*ESM_PRESETS[dsm.preset])
+        body = build_esm2(*ESM_PRESETS[dsm.preset], token_dropout=bool(dsm.token_dropout))
     else:
         raise ValueError(f"unknown ESM2 preset '{dsm.preset}' (known: {', '.join(ESM_PRESETS)})")
     model = ESMDiffusion(

@@ -129,3 +129,62 @@ def test_evaluation_without_samples_skips_generation(protein_folder, tmp_path):
     assert not result.files  # no FASTA
     with pytest.raises(ValueError, match="eval_samples"):
         ProteinConfig(eval_samples=-1)
+
+
+def test_reference_classification_report_by_hand():
+    import torch
+
+    from tasks.protein_reference_eval import classification_report
+
+    report = classification_report(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 2]), 3)
+    # per class P/R/F1: (1/2, 1, 2/3), (1, 1/2, 2/3), (1, 1, 1); supports 1, 2, 1
+    assert report["accuracy"] == 0.75 and report["precision"] == pytest.approx(0.875)
+    assert report["recall"] == pytest.approx(0.75) and report["f1"] == pytest.approx(0.75)
+    assert report["mcc"] == pytest.approx(0.7)  # (c s - sum p_k t_k) / sqrt((s^2 - sum p^2)(s^2 - sum t^2)) = 7 / 10
+
+
+class _OneHotEngine:
+    """Logits 10 x one-hot of each sequence's clean tokens at masked positions; elsewhere the clean token
+    too (`fill_unmasked=None`) or a fixed token, to see that the argmax is taken at every position."""
+
+    def __init__(self, task, layouts, tokenizer, fill_unmasked=None):
+        self.tokenizer, self.modalities, self.fill, self.seed = tokenizer, {}, fill_unmasked, 0
+        self.clean = {lay.meta["id"]: task.collate([lay], tokenizer).input_ids[0] for lay in layouts}
+
+    def logits(self, batch):
+        import torch
+
+        out = torch.zeros(*batch.input_ids.shape, len(self.tokenizer))
+        for row, meta in enumerate(batch.meta):
+            clean = self.clean[meta["id"]]
+            target = clean.clone()
+            if self.fill is not None:
+                target = torch.where(batch.input_ids[row, : len(clean)] == self.tokenizer.mask_id, clean, self.fill)
+            out[row, torch.arange(len(clean)), target] = 10.0
+        return out
+
+
+def test_reference_mask_filling_scores_the_full_vocabulary_and_every_position(protein_folder):
+    import math
+
+    from tasks.protein_reference_eval import reference_mask_filling
+
+    task = ProteinTask(ProteinConfig(data=str(protein_folder)))
+    tok = ESMTokenizer()
+    layouts = [task.layout(x) for x in task.examples("train")[:10]]
+    perfect = reference_mask_filling(_OneHotEngine(task, layouts, tok), task, layouts, [0.3])["30%"]
+    # 33 classes: the true token at 10, 32 others at 0
+    assert perfect["loss"] == pytest.approx(math.log(1 + 32 * math.exp(-10)), rel=1e-5)
+    assert perfect["accuracy"] == perfect["f1"] == perfect["mcc"] == perfect["asc"] == 1.0
+    assert perfect["batches"] == 3  # 10 sequences in batches of 4
+    # independent draws: the mask count varies with the sequence, not round(0.3 n) each
+    assert perfect["masked_tokens"] != sum(round(0.3 * len(lay.answer)) for lay in layouts)
+    wrong_elsewhere = reference_mask_filling(
+        _OneHotEngine(task, layouts, tok, fill_unmasked=tok.token_id("W")), task, layouts, [0.3]
+    )["30%"]
+    assert wrong_elsewhere["accuracy"] == 1.0 and wrong_elsewhere["asc"] < 0.7  # ASc sees unmasked positions
+    config = task.config
+    config.mask_fill_protocol, config.eval_samples = "reference", 0
+    assert set(task.evaluate(_OneHotEngine(task, layouts, tok), "train", 10).metrics["mask_filling"]) == {
+        f"{round(r * 100)}%" for r in config.mask_rates
+    }

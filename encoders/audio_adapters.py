@@ -1,11 +1,6 @@
 """Speech adapters (projectors from `SequenceFeatures` to backbone embeddings), PAPERS.md section 4.
 
-* ``diffa_semantic`` (DIFFA): from the last encoder layer, Conv1d(k3) -> GELU -> Conv1d(k3, stride 4,
-  channels x4), then Linear -> ReLU -> Linear -> ReLU -> LayerNorm: one token per 4 encoder frames.
-* ``diffa_acoustic`` (DIFFA): a 2-layer Q-Former whose learned queries (64 per layer) cross-attend to
-  several intermediate layers (2, 5, 8, 11 of whisper-small); the per-layer outputs are mixed by a
-  per-query softmax over layers, then LayerNorm and Linear: 64 tokens whatever the duration.
-* ``diffa_dual``: both, semantic tokens then acoustic tokens (DIFFA stage 2).
+* DIFFA's ``diffa_semantic``, ``diffa_acoustic`` and ``diffa_dual``: encoders/diffa.py.
 * ``window_qformer`` (Whisper-LLaDA): 4 learned queries per fixed window of frames (0.33 s: 17
   Whisper frames), so a 30 s window gives 88 x 4 = 352 tokens.
 * ``sequence_linear`` / ``sequence_mlp``: a linear map (or LLaVA's two-layer MLP) of the last layer,
@@ -17,8 +12,6 @@ padded encoder frame counts).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -67,25 +60,6 @@ class SpeechAdapter(nn.Module):
         return self.prompt(*self.tokens(features))
 
 
-class SemanticAdapter(SpeechAdapter):
-    def __init__(self, in_dim: int, out_dim: int, prompt_vectors: int = 0):
-        super().__init__(out_dim, prompt_vectors)
-        self.conv = nn.Sequential(
-            nn.Conv1d(in_dim, in_dim, 3, padding=1), nn.GELU(), nn.Conv1d(in_dim, 4 * in_dim, 3, stride=4, padding=1)
-        )
-        self.mlp = nn.Sequential(
-            nn.Linear(4 * in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim), nn.ReLU(), nn.LayerNorm(out_dim)
-        )
-
-    def frames_to_tokens(self, frames: TokenCount) -> int:
-        return math.ceil(frames.real / 4)
-
-    def tokens(self, features: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.conv(features.last.transpose(1, 2)).transpose(1, 2)  # (B, ceil(T/4), 4C)
-        lengths = torch.div(features.lengths + 3, 4, rounding_mode="floor")
-        return self.mlp(x), _valid(lengths, x.shape[1])
-
-
 class QFormer(nn.Module):
     """Learned queries -> `layers` blocks of (self-attention, cross-attention to the memory, MLP)."""
 
@@ -101,63 +75,6 @@ class QFormer(nn.Module):
         for block in self.blocks:
             x = block(x, memory, memory_key_padding_mask=memory_pad)
         return x
-
-
-class AcousticAdapter(SpeechAdapter):
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        layers: tuple[int, ...] | list[int] = (2, 5, 8, 11),
-        queries: int = 64,
-        qformer_layers: int = 2,
-        heads: int = 4,
-        prompt_vectors: int = 0,
-    ):
-        super().__init__(out_dim, prompt_vectors)
-        self.layers = tuple(layers)
-        self.queries = nn.Parameter(torch.randn(len(self.layers), queries, in_dim) * 0.02)
-        self.qformer = QFormer(in_dim, qformer_layers, heads)
-        self.mix = nn.Parameter(torch.zeros(queries, len(self.layers)))  # per-query logits over layers
-        self.norm = nn.LayerNorm(in_dim)
-        self.proj = nn.Linear(in_dim, out_dim)
-
-    def frames_to_tokens(self, frames: TokenCount) -> int:
-        return self.queries.shape[1]
-
-    def tokens(self, features: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        states = features.hidden_states
-        if max(self.layers) >= len(states):
-            raise ValueError(
-                f"acoustic adapter reads layer {max(self.layers)} but the encoder has {len(states)} outputs"
-            )
-        b = states[0].shape[0]
-        per_layer = []
-        for i, layer in enumerate(self.layers):
-            memory = states[layer]
-            pad = ~_valid(features.lengths, memory.shape[1])
-            per_layer.append(self.qformer(self.queries[i][None].expand(b, -1, -1), memory, pad))  # (B, Q, C)
-        stacked = torch.stack(per_layer, dim=2)  # (B, Q, L, C)
-        weights = self.mix.softmax(-1)[None, :, :, None]  # (1, Q, L, 1): a softmax over layers per query
-        out = self.proj(self.norm((stacked * weights).sum(2)))
-        return out, out.new_ones(out.shape[:2], dtype=torch.bool)
-
-
-class DualAdapter(SpeechAdapter):
-    """DIFFA stage 2: semantic tokens followed by acoustic tokens."""
-
-    def __init__(self, in_dim: int, out_dim: int, prompt_vectors: int = 0, **acoustic):
-        super().__init__(out_dim, prompt_vectors)
-        self.semantic = SemanticAdapter(in_dim, out_dim)
-        self.acoustic = AcousticAdapter(in_dim, out_dim, **acoustic)
-
-    def frames_to_tokens(self, frames: TokenCount) -> int:
-        return self.semantic.frames_to_tokens(frames) + self.acoustic.frames_to_tokens(frames)
-
-    def tokens(self, features: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        s, sv = self.semantic.tokens(features)
-        a, av = self.acoustic.tokens(features)
-        return torch.cat([s, a], 1), torch.cat([sv, av], 1)
 
 
 class WindowQFormer(SpeechAdapter):
@@ -208,9 +125,6 @@ class PerPosition(SpeechAdapter):
         return self.proj(features.last), _valid(features.lengths, features.last.shape[1])
 
 
-PROJECTORS.register("diffa_semantic", SemanticAdapter)
-PROJECTORS.register("diffa_acoustic", AcousticAdapter)
-PROJECTORS.register("diffa_dual", DualAdapter)
 PROJECTORS.register("window_qformer", WindowQFormer)
 PROJECTORS.register("sequence_linear", PerPosition)
 PROJECTORS.register(

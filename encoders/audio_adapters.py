@@ -1,8 +1,7 @@
 """Speech adapters (projectors from `SequenceFeatures` to backbone embeddings), PAPERS.md section 4.
 
 * DIFFA's ``diffa_semantic``, ``diffa_acoustic`` and ``diffa_dual``: encoders/diffa.py.
-* ``window_qformer`` (Whisper-LLaDA): 4 learned queries per fixed window of frames (0.33 s: 17
-  Whisper frames), so a 30 s window gives 88 x 4 = 352 tokens.
+* Whisper-LLaDA's ``window_qformer``: encoders/whisper_llada.py.
 * ``sequence_linear`` / ``sequence_mlp``: a linear map (or LLaVA's two-layer MLP) of the last layer,
   one token per real position, for from-scratch speech towers and protein encoders.
 
@@ -60,53 +59,6 @@ class SpeechAdapter(nn.Module):
         return self.prompt(*self.tokens(features))
 
 
-class QFormer(nn.Module):
-    """Learned queries -> `layers` blocks of (self-attention, cross-attention to the memory, MLP)."""
-
-    def __init__(self, dim: int, layers: int = 2, heads: int = 4):
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            nn.TransformerDecoderLayer(dim, heads, 4 * dim, 0.0, activation="gelu", batch_first=True, norm_first=True)
-            for _ in range(layers)
-        )
-
-    def forward(self, queries: torch.Tensor, memory: torch.Tensor, memory_pad: torch.Tensor | None) -> torch.Tensor:
-        x = queries
-        for block in self.blocks:
-            x = block(x, memory, memory_key_padding_mask=memory_pad)
-        return x
-
-
-class WindowQFormer(SpeechAdapter):
-    def __init__(
-        self,
-        in_dim: int,
-        out_dim: int,
-        window: int = 17,
-        queries: int = 4,
-        qformer_layers: int = 2,
-        heads: int = 4,
-        prompt_vectors: int = 0,
-    ):
-        super().__init__(out_dim, prompt_vectors)
-        self.window = window
-        self.queries = nn.Parameter(torch.randn(queries, in_dim) * 0.02)
-        self.qformer = QFormer(in_dim, qformer_layers, heads)
-        self.proj = nn.Linear(in_dim, out_dim)
-
-    def frames_to_tokens(self, frames: TokenCount) -> int:
-        return self.queries.shape[0] * (frames.total // self.window)  # every window of the padded input
-
-    def tokens(self, features: SequenceFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        x = features.last
-        b, t, c = x.shape
-        n = t // self.window  # whole windows over the (padded) encoder output
-        windows = x[:, : n * self.window].reshape(b * n, self.window, c)  # (B*n, w, C)
-        out = self.qformer(self.queries[None].expand(b * n, -1, -1), windows, None)  # (B*n, q, C)
-        out = self.proj(out.reshape(b, n * self.queries.shape[0], c))
-        return out, out.new_ones(out.shape[:2], dtype=torch.bool)
-
-
 class PerPosition(SpeechAdapter):
     """One token per real position of the last layer: a linear map, or two layers with a GELU."""
 
@@ -125,7 +77,6 @@ class PerPosition(SpeechAdapter):
         return self.proj(features.last), _valid(features.lengths, features.last.shape[1])
 
 
-PROJECTORS.register("window_qformer", WindowQFormer)
 PROJECTORS.register("sequence_linear", PerPosition)
 PROJECTORS.register(
     "sequence_mlp", lambda in_dim, out_dim, prompt_vectors=0: PerPosition(in_dim, out_dim, prompt_vectors, mlp=True)

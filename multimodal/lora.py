@@ -4,11 +4,14 @@
 targets (``q_proj``, ``k_proj``, ``v_proj`` for Whisper-LLaDA) by a `LoRALinear`: the frozen base
 layer plus B A x scaled by alpha / rank, with A random and B zero so training starts from the base
 model. `merge_lora` folds the update back into plain linear layers for inference or export.
+`load_peft_lora` reads trained adapters saved by peft on the released LLaDA layout (Whisper-LLaDA's
+checkpoint: ``...transformer.blocks.N.q_proj.lora_A.default.weight``), whose module names are ours.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -65,3 +68,41 @@ def merge_lora(model: nn.Module) -> int:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, module.merged())
     return len(found)
+
+
+_PEFT_KEY = re.compile(r"(?:^|\.)transformer\.(blocks\.\d+\.\w+)\.lora_([AB])\.[^.]+\.weight$")
+
+
+def load_peft_lora(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> int:
+    """Copy peft LoRA weights (A: (r, in), B: (out, r)) into `model`'s LoRALinear layers, by module name.
+
+    Every LoRA layer of the model must get both matrices and every LoRA key of `state` must find its
+    layer; missing, unknown and mis-shaped ones are named together. Returns the layers loaded.
+    """
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    found: dict[tuple[str, str], torch.Tensor] = {}
+    for key, value in state.items():
+        if ".lora_" in key:
+            match = _PEFT_KEY.search(key)
+            if match is None:
+                raise ValueError(f"{source}: LoRA key {key} is not on the LLaDA layout (transformer.blocks.N.<layer>)")
+            found[match.group(1), match.group(2)] = value
+    unknown = sorted({name for name, _ in found} - set(layers))
+    missing = sorted(f"{n}.lora_{ab}" for n in layers for ab in "AB" if (n, ab) not in found)
+    wrong = []
+    for (name, ab), value in found.items():
+        if name in layers:
+            target = layers[name].lora_a if ab == "A" else layers[name].lora_b
+            if target.shape != value.shape:
+                wrong.append(f"{name}.lora_{ab} {tuple(value.shape)} (expected {tuple(target.shape)})")
+    problems = [
+        f"{label}: {', '.join(items[:10])}{' ...' if len(items) > 10 else ''}"
+        for label, items in (("layers without LoRA here", unknown), ("missing", missing), ("mis-shaped", wrong))
+        if items
+    ]
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems))
+    with torch.no_grad():
+        for (name, ab), value in found.items():
+            (layers[name].lora_a if ab == "A" else layers[name].lora_b).copy_(value)
+    return len(layers)

@@ -129,7 +129,11 @@ def test_whisper_features_and_encoder_match_transformers(tmp_path):
         ("diffa_semantic", {}, lambda frames: frames // 4),
         ("diffa_acoustic", {"layers": [1, 2, 3], "queries": 8, "intermediate_size": 64}, lambda frames: 8),
         ("diffa_dual", {"layers": [1, 3], "queries": 4, "prompt_vectors": 2}, lambda frames: 2 + 4 + frames // 4),
-        ("window_qformer", {"window": 5, "queries": 2}, lambda frames: 2 * (100 // 5)),
+        (
+            "window_qformer",
+            {"window": 5, "queries": 2, "width": 32, "heads": 2, "intermediate_size": 64},
+            lambda f: 2 * 20,
+        ),
         ("sequence_linear", {"prompt_vectors": 3}, lambda frames: 3 + frames),
     ],
 )

@@ -22,7 +22,7 @@ from torch import nn
 from multimodal.backbone import LLaDABackbone, create_backbone
 from multimodal.backbone.convert import load_llada_checkpoint
 from multimodal.checkpoint import CONFIG, load_weights
-from multimodal.lora import add_lora
+from multimodal.lora import add_lora, load_peft_lora
 from multimodal.model import MultimodalDiffusionModel
 from multimodal.sampling.engine import Engine
 from multimodal.tokenizer import BuiltinTokenizer, HFTokenizer, build_tokenizer, load_tokenizer
@@ -87,6 +87,11 @@ def build_model(config: ExperimentConfig, placeholder_ids: dict[str, int]) -> nn
     if config.train.lora is not None:
         lora = config.train.lora
         add_lora(backbone, tuple(lora.targets), lora.rank, lora.alpha)
+        if lora.weights:
+            from encoders.weights import load_state_dict
+
+            count = load_peft_lora(backbone, load_state_dict(lora.weights), lora.weights)
+            log.info("LoRA weights of %d layers from %s", count, lora.weights)
     if source is not None and not (source / "config.json").is_file():
         _initialise(model, source)
     apply_trainable(model, config)

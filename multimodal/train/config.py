@@ -157,11 +157,13 @@ class ModalityConfig:
 
 @dataclass
 class LoRAConfig:
-    """LoRA on the backbone (Whisper-LLaDA: rank 8, alpha 32 on q/k/v)."""
+    """LoRA on the backbone (Whisper-LLaDA: rank 8, alpha 32 on q/k/v); `weights`: trained adapters saved
+    by peft on the LLaDA layout (Whisper-LLaDA's ``.pth``), loaded into them (multimodal/lora.py)."""
 
     rank: int = 8
     alpha: float = 32.0
     targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+    weights: str | None = None
 
 
 @dataclass

@@ -75,6 +75,17 @@ def _parser() -> argparse.ArgumentParser:
     with_llada(p)
     with_overrides(p)
 
+    p = sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks on a run or a LLaDA folder (mmdiff[eval])")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run folder or checkpoint folder")
+    source.add_argument("--llada", help="a released LLaDA folder")
+    p.add_argument("--tasks", required=True, help="comma-separated harness task names")
+    p.add_argument("--include-path", default=None, help="a folder of local task YAMLs")
+    p.add_argument("--limit", type=int, default=None, help="at most this many documents per task")
+    p.add_argument("--mc-num", type=int, default=128, help="masked copies per likelihood estimate (the ELBO)")
+    with_llada(p)
+    with_overrides(p)
+
     p = sub.add_parser("eval", help="evaluate a trained run on a split")
     p.add_argument("--run", required=True, help="run folder or checkpoint folder")
     p.add_argument("--split", default="test")
@@ -217,6 +228,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "serve":
         return _serve(args)
+    if args.command == "lm-eval":
+        return _lm_eval(args)
     if args.command == "chat" or getattr(args, "llada", None):
         return _llada_chat(args)
     run = load_run(args.run, args.overrides)
@@ -306,6 +319,35 @@ def _llada_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "assistant", "content": answer})
         print(answer if interactive else f"user: {turn}\nassistant: {answer}", flush=True)
     return 0
+
+
+def _lm_eval(args: argparse.Namespace) -> int:
+    """`mmdiff lm-eval`: harness tasks on a run's engine or a LLaDA folder's (multimodal/harness.py)."""
+    import torch
+
+    try:
+        from multimodal.harness import MMDiffLM, evaluate
+    except ImportError as err:
+        raise ValueError(f"lm-eval needs the lm_eval package: pip install 'mmdiff[eval]' ({err})") from None
+    if args.run:
+        engine = _run_engine(args.run, args.overrides)
+    else:
+        from multimodal.serve.backend import LLaDABackend
+        from multimodal.train.build import pick_device
+
+        sampler = _sampler_overrides(args.overrides, "lm-eval --llada")
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        engine = LLaDABackend(args.llada, sampler, pick_device(args.device), dtype).engine
+    tasks = [t for t in args.tasks.split(",") if t]
+    out = evaluate(MMDiffLM(engine, mc_num=args.mc_num), tasks, args.include_path, args.limit)
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def _run_engine(path: str, overrides: list[str]):
+    from multimodal.train.build import load_run
+
+    return load_run(path, overrides).engine()
 
 
 def _stdin_turns():

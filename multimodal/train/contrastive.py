@@ -13,6 +13,10 @@ preprocessed images of a small corpus sit in one tensor, so batches are index dr
 nothing for a trainer to schedule. Captions that list objects separated by ", " are shuffled object
 by object at every draw (`shuffle_parts`), so the text side cannot lean on their order and each
 object's own words (position included) must carry its description.
+
+`hard_negatives` switches the loss to NegCLIP (encoders/contrastive.py): every caption gets a copy with
+one word of one part replaced by another word seen at the same place of a part ("large red circle top
+left" -> "large red star top left"), which the image must rank below its own caption.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class ContrastiveTrainConfig:
         steps: optimiser steps; batch_size: image-caption pairs per step (the negatives of each other).
         lr, min_lr_ratio, warmup_steps, weight_decay, betas, grad_clip: as in `train` of an experiment.
         shuffle_parts: shuffle the ", "-separated parts of each caption at every draw.
+        hard_negatives: NegCLIP's loss with one word-swapped caption per image (module docstring);
+            false: open_clip's ClipLoss on in-batch negatives only.
         eval_every: steps between validation retrieval scores (and at the end); eval_limit: pairs scored.
         threads: CPU threads for torch; log_every: steps between metric lines; output_dir: parent of run folders.
     """
@@ -65,6 +71,7 @@ class ContrastiveTrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
     shuffle_parts: bool = True
+    hard_negatives: bool = True
     eval_every: int = 100
     eval_limit: int = 500
     threads: int | None = None
@@ -136,19 +143,46 @@ def _shuffle(caption: str, rng: random.Random) -> str:
     return ", ".join(parts)
 
 
+def slot_words(captions: list[str]) -> dict[int, list[str]]:
+    """Words seen at each position of a caption's ", "-separated parts (0: size, 1: colour, ...)."""
+    slots: dict[int, set[str]] = {}
+    for caption in captions:
+        for part in caption.split(", "):
+            for i, word in enumerate(part.split()):
+                slots.setdefault(i, set()).add(word)
+    return {i: sorted(words) for i, words in slots.items() if len(words) > 1}
+
+
+def hard_negative(caption: str, slots: dict[int, list[str]], rng: random.Random) -> str:
+    """The caption with one word of one part replaced by another word of the same slot."""
+    parts = [part.split() for part in caption.split(", ")]
+    part = rng.choice(parts)
+    places = [i for i in range(len(part)) if i in slots]
+    if not places:
+        return caption
+    i = rng.choice(places)
+    part[i] = rng.choice([w for w in slots[i] if w != part[i]])
+    return ", ".join(" ".join(p) for p in parts)
+
+
 @torch.no_grad()
-def retrieval_recall(model: Any, pixels: torch.Tensor, ids: torch.Tensor, batch: int = 250) -> dict[str, float]:
-    """Recall@1 of image->text and text->image retrieval among the given pairs (chance: 1/N)."""
+def retrieval_recall(
+    model: Any, pixels: torch.Tensor, ids: torch.Tensor, negative_ids: torch.Tensor, batch: int = 250
+) -> dict[str, float]:
+    """Recall@1 of image->text and text->image retrieval among the given pairs (chance: 1/N), and how
+    often an image prefers its caption to that caption with one word changed (chance: 0.5)."""
     was_training = model.training
     model.eval()
     image = torch.cat([model.encode_image(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
     text = torch.cat([model.encode_text(ids[i : i + batch]) for i in range(0, len(ids), batch)])
+    negative = torch.cat([model.encode_text(negative_ids[i : i + batch]) for i in range(0, len(ids), batch)])
     sim = image @ text.T  # (N, N)
     target = torch.arange(len(sim), device=sim.device)
     model.train(was_training)
     return {
         "i2t_r1": (sim.argmax(1) == target).float().mean().item(),
         "t2i_r1": (sim.argmax(0) == target).float().mean().item(),
+        "hard_negative_acc": ((image * text).sum(-1) > (image * negative).sum(-1)).float().mean().item(),
     }
 
 
@@ -158,7 +192,7 @@ def pretrain_tower(config: PretrainConfig) -> Path:
     from tqdm import tqdm
 
     from encoders import create_encoder
-    from encoders.contrastive import ContrastiveTowers
+    from encoders.contrastive import ContrastiveTowers, negclip_loss
     from multimodal.checkpoint import write_weights
     from multimodal.train.optim import build_optimizer
     from multimodal.train.run import claim_folder
@@ -176,7 +210,11 @@ def pretrain_tower(config: PretrainConfig) -> Path:
     val_pixels, val_captions = _pairs(task, "validation", tower)
     val_pixels, val_captions = val_pixels[: cfg.eval_limit].to(device), val_captions[: cfg.eval_limit]
     vocab = CaptionVocab(train_captions)
+    slots = slot_words(train_captions)
     val_ids = vocab.encode(val_captions, config.heads.max_text_len).to(device)
+    fixed = random.Random(config.seed + 1)
+    val_negative_ids = vocab.encode([hard_negative(c, slots, fixed) for c in val_captions], config.heads.max_text_len)
+    val_negative_ids = val_negative_ids.to(device)
     model = ContrastiveTowers(tower, len(vocab), config.heads).to(device)
     optimizer, scheduler = build_optimizer(
         model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio
@@ -197,7 +235,13 @@ def pretrain_tower(config: PretrainConfig) -> Path:
             if cfg.shuffle_parts:
                 captions = [_shuffle(c, rng) for c in captions]
             ids = vocab.encode(captions, config.heads.max_text_len).to(device)
-            loss = loss_fn(*model(train_pixels[idx].to(device), ids))
+            image, text, scale = model(train_pixels[idx].to(device), ids)
+            if cfg.hard_negatives:
+                negatives = [hard_negative(c, slots, rng) for c in captions]
+                neg = model.encode_text(vocab.encode(negatives, config.heads.max_text_len).to(device))
+                loss = negclip_loss(image, text, neg, scale)
+            else:
+                loss = loss_fn(image, text, scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -210,7 +254,9 @@ def pretrain_tower(config: PretrainConfig) -> Path:
                 row = {"loss": loss.item(), "logit_scale": model.logit_scale.exp().item()}
                 row["lr"] = scheduler.get_last_lr()[0]
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-                row.update({f"val/{k}": v for k, v in retrieval_recall(model, val_pixels, val_ids).items()})
+                row.update(
+                    {f"val/{k}": v for k, v in retrieval_recall(model, val_pixels, val_ids, val_negative_ids).items()}
+                )
                 log.info("step %d: loss %.3f, image->text recall@1 %.3f", step, loss.item(), row["val/i2t_r1"])
             if row:
                 elapsed = round(time.perf_counter() - started, 1)

@@ -26,6 +26,17 @@ SMALL = [
 ]
 
 
+def test_every_shipped_pretraining_config_resolves():
+    from multimodal.train.config import CONFIG_ROOT
+    from multimodal.train.contrastive import PretrainConfig, load_pretrain_config
+
+    paths = sorted((CONFIG_ROOT / "pretrain").glob("*.yaml"))
+    assert paths and all(isinstance(load_pretrain_config(str(p)), PretrainConfig) for p in paths)
+    assert load_pretrain_config("shapes_vqa_tower", ["train.steps=7"]).train.steps == 7
+    with pytest.raises(Exception, match="neither a file nor a pre-training config"):
+        load_pretrain_config("shapes_vqa")
+
+
 def test_captions_place_each_object_on_a_three_by_three_grid():
     scene = {
         "objects": [

@@ -33,7 +33,7 @@ import torch
 
 from encoders.contrastive import ContrastiveConfig
 from multimodal.config import ConfigError, apply_overrides, dump, from_dict, load_yaml
-from multimodal.train.config import resolve_config_path
+from multimodal.train.config import CONFIG_ROOT
 from tasks import TaskConfig, task_config_class
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class ContrastiveTrainConfig:
 
 @dataclass
 class PretrainConfig:
-    """Everything a tower pre-training run needs (configs/experiment/*_tower.yaml)."""
+    """Everything a tower pre-training run needs (configs/pretrain/*.yaml)."""
 
     name: str = "tower"
     seed: int = 0
@@ -92,13 +92,28 @@ class PretrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+def resolve_pretrain_path(name_or_path: str) -> Path:
+    """A path as given, or the name of a file in configs/pretrain/ (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    folder = CONFIG_ROOT / "pretrain"
+    for candidate in (folder / name_or_path, folder / f"{name_or_path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    raise ConfigError(
+        f"config '{name_or_path}' is neither a file nor a pre-training config in configs/pretrain ({known})"
+    )
+
+
 def load_pretrain_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
-    """Read a tower pre-training YAML (path or configs/experiment name) with --set overrides."""
+    """Read a tower pre-training YAML (path or configs/pretrain name) with --set overrides."""
     import encoders  # noqa: F401  (fills the encoder registry)
     from encoders import ENCODERS
     from multimodal.registry import suggest
 
-    config = from_dict(PretrainConfig, apply_overrides(load_yaml(resolve_config_path(name_or_path)), overrides))
+    config = from_dict(PretrainConfig, apply_overrides(load_yaml(resolve_pretrain_path(name_or_path)), overrides))
     if (name := config.tower.encoder) not in ENCODERS:
         raise ConfigError(f"tower.encoder: unknown encoder '{name}'{suggest(name, ENCODERS.names())}")
     if config.train.steps <= 0 or config.train.batch_size < 2:

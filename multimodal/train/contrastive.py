@@ -14,7 +14,7 @@ nothing for a trainer to schedule. Captions that list objects separated by ", " 
 by object at every draw (`shuffle_parts`), so the text side cannot lean on their order and each
 object's own words (position included) must carry its description.
 
-`hard_negatives` switches the loss to NegCLIP (encoders/contrastive.py): every caption gets a copy with
+With `hard_negatives` (the default) the loss is NegCLIP's (encoders/contrastive.py): every caption gets a copy with
 one word of one part replaced by another word seen at the same place of a part ("large red circle top
 left" -> "large red star top left"), which the image must rank below its own caption.
 """

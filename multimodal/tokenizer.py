@@ -170,6 +170,12 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
+    def chat_encode(self, messages: list[dict[str, str]]) -> list[int]:
+        """Ids of `messages` rendered by the folder's chat template (or LLaDA-Instruct's), assistant header last."""
+        from multimodal.chat import chat_prompt_ids
+
+        return chat_prompt_ids(self, messages)
+
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special)
 

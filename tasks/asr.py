@@ -5,7 +5,12 @@ LibriSpeech-style folder, a JSON-lines manifest or WebDataset shards, all read i
 records (tasks/asr_data.py). Layouts (PAPERS.md section 4):
 
 * ``audio_after_prompt`` (Whisper-LLaDA): "Transcribe the audio:" followed by the audio embeddings;
-* ``audio_in_instruction`` (DIFFA): "This is the audio: " <audio embeddings> then the instruction.
+  with ``chat: true`` the prompt is the user turn of the chat template and the audio follows the
+  assistant header, as the release lays it out;
+* ``audio_in_instruction`` (DIFFA): "This is the audio: <audio>. {instruction}", the embeddings at the
+  placeholder; with ``chat: true`` and ``system: "You are a helpful voice assistant."`` it is DIFFA's
+  prompt (the release also keeps the literal text "<audio>." after the embeddings, which a
+  placeholder of the same name cannot express).
 
 The answer is the transcript (lower-case words). Metrics: corpus WER after Whisper's English
 normalisation with substitutions / deletions / insertions, also for the held-out-voice and seen-voice
@@ -140,10 +145,14 @@ class ASRTask(Task):
             self._records[split], self.stats[split] = records[: self.config.max_examples or None], stats
         return self._records[split]
 
-    def prompt_text(self) -> str:
+    def prompt_parts(self) -> tuple[str, str]:
+        """(prompt, suffix): the audio placeholder goes inside the instruction (DIFFA) or after it."""
         if self.config.layout == "audio_in_instruction":
-            return f"This is the audio: {AUDIO_TOKEN} {self.config.prompt}"
-        return f"{self.config.prompt} {AUDIO_TOKEN}"
+            return f"This is the audio: {AUDIO_TOKEN}. {self.config.prompt}", ""
+        return self.config.prompt, f" {AUDIO_TOKEN}"
+
+    def prompt_text(self) -> str:
+        return "".join(self.prompt_parts())
 
     def layout(self, example: dict[str, Any]) -> Layout:
         meta = {
@@ -153,7 +162,9 @@ class ASRTask(Task):
         }
         if example.get("voice"):
             meta["voice"] = str(example["voice"])
-        return Layout(prompt=self.prompt_text(), answer=example["text"], meta=meta, media={"audio": [example["audio"]]})
+        prompt, suffix = self.prompt_parts()
+        media = {"audio": [example["audio"]]}
+        return Layout(prompt=prompt, answer=example["text"], meta=meta, media=media, prompt_suffix=suffix)
 
     def layout_for_prompt(
         self, prompt: str, image: str | Path | bytes | None = None, audio: str | Path | bytes | None = None
@@ -167,8 +178,10 @@ class ASRTask(Task):
                 raise FileNotFoundError(f"audio file not found: {audio}")
             audio = Path(audio)
         validate({"id": source_name(audio), "text": "?", "audio": audio})  # unreadable or empty audio: one error
-        text = prompt if AUDIO_TOKEN in prompt else self.prompt_text()
-        return Layout(prompt=text, answer="", media={"audio": [audio]})
+        if AUDIO_TOKEN in prompt:
+            return Layout(prompt=prompt, answer="", media={"audio": [audio]})
+        text, suffix = self.prompt_parts()
+        return Layout(prompt=text, answer="", media={"audio": [audio]}, prompt_suffix=suffix)
 
     def texts(self) -> list[str]:
         return [self.prompt_text()] + [r["text"] for r in self.examples("train")]

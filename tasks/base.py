@@ -45,11 +45,19 @@ class TaskConfig:
         answer_length: None pads answers with EOS to the batch's longest row (LLaDA SFT); an integer
             pads every answer with EOS to exactly that many tokens after a left-padded prompt, the
             layout the sampler decodes (set it to the decoding gen_length).
+        chat: render prompts through the tokenizer's chat template (a Hugging Face tokenizer: the
+            folder's template, else LLaDA-Instruct's, multimodal/chat.py), as released instruct
+            models were trained: `system` first, earlier turns as user / assistant messages (given,
+            not maskable), the prompt as the last user turn, the assistant header, then the layout's
+            `prompt_suffix`; answers end with the end-of-turn token before the EOS padding.
+        system: the system message in chat mode (None: none).
     """
 
     name: str = "digits"
     seed: int = 0
     answer_length: int | None = None
+    chat: bool = False
+    system: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,8 @@ class Layout:
         history: earlier (prompt, answer) turns of a multi-turn conversation; their answers are
             maskable in training and given as context in generation.
         media: modality -> raw items (images, waveforms, ...), one per placeholder, in order.
+        prompt_suffix: text after the prompt; in chat mode after the rendered prompt and its assistant
+            header (Whisper-LLaDA puts the audio there).
     """
 
     prompt: str
@@ -70,6 +80,7 @@ class Layout:
     meta: dict[str, Any] = field(default_factory=dict)
     history: tuple[tuple[str, str], ...] = ()
     media: dict[str, list[Any]] = field(default_factory=dict)
+    prompt_suffix: str = ""
 
 
 class Task:
@@ -171,18 +182,23 @@ class Task:
         """
         contexts, history_answers = [], []
         for lay in layouts:
+            if self.config.chat:
+                contexts.append(self._chat_context(lay, tokenizer))
+                history_answers.append([])
+                continue
             ids, spans = [], []
             for prompt, answer in lay.history:
                 ids += tokenizer.encode(prompt)
                 start = len(ids)
                 ids += tokenizer.encode(answer) + [tokenizer.eos_id]
                 spans.append((start, len(ids)))
-            contexts.append(ids + tokenizer.encode(lay.prompt))
+            contexts.append(ids + tokenizer.encode(lay.prompt + lay.prompt_suffix))
             history_answers.append(spans)
         contexts, spans, inputs, masks = expand_media(contexts, history_answers, layouts, modalities or {})
+        end_of_turn = [tokenizer.eot_id] if self.config.chat and getattr(tokenizer, "eot_id", None) is not None else []
         batch = sft_collate(
             contexts,
-            [tokenizer.encode(x.answer) for x in layouts],
+            [tokenizer.encode(x.answer) + end_of_turn for x in layouts],
             tokenizer.eos_id,
             meta=[x.meta for x in layouts],
             answer_length=self.config.answer_length,
@@ -197,12 +213,28 @@ class Task:
         """Prompts for generation: history turns with their answers, then the final prompt."""
         contexts = []
         for lay in layouts:
+            if self.config.chat:
+                contexts.append(self._chat_context(lay, tokenizer))
+                continue
             ids = []
             for prompt, answer in lay.history:
                 ids += tokenizer.encode(prompt) + tokenizer.encode(answer) + [tokenizer.eos_id]
-            contexts.append(ids + tokenizer.encode(lay.prompt))
+            contexts.append(ids + tokenizer.encode(lay.prompt + lay.prompt_suffix))
         contexts, _, inputs, masks = expand_media(contexts, [[] for _ in layouts], layouts, modalities or {})
         return PromptBatch(contexts, inputs, masks)
+
+    def _chat_context(self, lay: Layout, tokenizer: Tokenizer) -> list[int]:
+        """Chat mode (TaskConfig.chat): the rendered conversation, then the layout's suffix."""
+        encode_chat = getattr(tokenizer, "chat_encode", None)
+        if encode_chat is None:
+            raise ValueError(
+                "task.chat needs a Hugging Face tokenizer (tokenizer.kind: hf), whose chat template it uses"
+            )
+        messages = [{"role": "system", "content": self.config.system}] if self.config.system else []
+        for prompt, answer in lay.history:
+            messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": lay.prompt})
+        return encode_chat(messages) + (tokenizer.encode(lay.prompt_suffix) if lay.prompt_suffix else [])
 
 
 def expand_media(

@@ -89,3 +89,32 @@ def test_chat_and_sample_on_a_released_llada_folder(tmp_path, capsys):
     assert capsys.readouterr().out == f"hello world -> {raw}\n"
     assert main(["chat", "--llada", str(folder), "--set", "train.max_steps=3"]) == 2
     assert "chat takes only sampler.* overrides" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["audio_after_prompt", "audio_in_instruction"])
+def test_asr_prompts_through_the_chat_template(tmp_path, layout):
+    """Whisper-LLaDA: the chat-rendered instruction, then the audio after the assistant header;
+    DIFFA: system line, the audio inside the user turn; the answer ends with EoT before EOS padding."""
+    from multimodal.tokenizer import HFTokenizer
+    from tasks.asr import ASRConfig, ASRTask
+    from tests.test_asr import flac
+
+    tok = HFTokenizer(llada_tokenizer_folder(tmp_path))
+    tok.add_specials(["<audio>"])
+    system = "be brief" if layout == "audio_in_instruction" else None
+    task = ASRTask(ASRConfig(layout=layout, prompt="hello world", chat=True, system=system))
+    lay = task.layout_for_prompt("", audio=flac())
+    ids = task.prompt_batch([lay], tok).prompts[0]
+    if layout == "audio_after_prompt":
+        assert ids == chat_prompt_ids(tok, [{"role": "user", "content": "hello world"}]) + [tok.token_id("<audio>")]
+    else:
+        user = "This is the audio: <audio>. hello world"
+        assert ids == chat_prompt_ids(
+            tok, [{"role": "system", "content": "be brief"}, {"role": "user", "content": user}]
+        )
+    plain = ASRTask(ASRConfig(layout=layout, prompt="hello world"))
+    assert plain.prompt_batch([lay], tok).prompts[0] == tok.encode(plain.prompt_text())  # chat off: as before
+    answered = type(lay)(prompt=lay.prompt, answer="hi", media=lay.media, prompt_suffix=lay.prompt_suffix)
+    batch = task.collate([answered], tok)
+    row = batch.input_ids[0][batch.maskable[0]].tolist()
+    assert row[:3] == [tok.token_id("hi"), tok.eot_id, tok.eos_id]

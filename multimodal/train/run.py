@@ -294,7 +294,7 @@ def _lengths(run: Run, layouts: Sequence[Any], modalities: dict[str, ModalityIO]
     lengths = []
     for lay in layouts:
         n = sum(len(run.tokenizer.encode(p)) + len(run.tokenizer.encode(a)) + 1 for p, a in lay.history)
-        n += len(run.tokenizer.encode(lay.prompt)) + len(run.tokenizer.encode(lay.answer)) + 1
+        n += len(run.tokenizer.encode(lay.prompt + lay.prompt_suffix)) + len(run.tokenizer.encode(lay.answer)) + 1
         for name, io in modalities.items():
             n += sum(int(io.num_tokens(io.preprocess(item))) - 1 for item in lay.media.get(name, []))
         lengths.append(n)

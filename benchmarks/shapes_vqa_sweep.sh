@@ -20,14 +20,14 @@ pack() { (cd "$R" && tar czf "$OUT/results.tar.gz" --exclude=checkpoints --exclu
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "from tasks.vqa import VQAConfig, embedded_dataset; print(embedded_dataset(VQAConfig(data_dir='$D')))"
 
-# phase 1: towers (README 600 x 256; 600 x 128; 2,000 x 256)
-mm pretrain-tower -c shapes_vqa_tower "${common[@]}" ${tower_smoke[@]+"${tower_smoke[@]}"} --set name=t600 > "$R/t600.log" 2>&1 &
-mm pretrain-tower -c shapes_vqa_tower "${common[@]}" ${tower_smoke[@]+"${tower_smoke[@]}"} --set name=t600b128 --set train.batch_size=128 > "$R/t600b128.log" 2>&1 &
+# phase 1: towers (README 500 x 256; 500 x 128; 2,000 x 256)
+mm pretrain-tower -c shapes_vqa_tower "${common[@]}" ${tower_smoke[@]+"${tower_smoke[@]}"} --set name=t500 > "$R/t500.log" 2>&1 &
+mm pretrain-tower -c shapes_vqa_tower "${common[@]}" ${tower_smoke[@]+"${tower_smoke[@]}"} --set name=t500b128 --set train.batch_size=128 > "$R/t500b128.log" 2>&1 &
 mm pretrain-tower -c shapes_vqa_tower "${common[@]}" --set name=t2000 --set train.steps=2000 ${tower_smoke[@]+"${tower_smoke[@]}"} > "$R/t2000.log" 2>&1 &
 wait; pack towers; date
 
 # phase 2: stage 1 on each tower
-for t in t600 t600b128 t2000; do
+for t in t500 t500b128 t2000; do
   mm train -c shapes_vqa_stage1 "${common[@]}" "${gpu[@]}" --set name=s1_$t \
     --set modalities.image.encoder_args.weights=$R/$t/tower.safetensors > "$R/s1_$t.log" 2>&1 &
 done
@@ -35,12 +35,12 @@ wait; pack stage1; date
 
 # phase 3: stage 2 variants and the control
 s2() { name=$1; shift; mm train -c shapes_vqa_stage2 "${common[@]}" "${gpu[@]}" --set name=$name "$@" > "$R/$name.log" 2>&1; }
-s2 s2_t600 --set init_from=$R/s1_t600 &
-s2 s2_t600b128 --set init_from=$R/s1_t600b128 &
+s2 s2_t500 --set init_from=$R/s1_t500 &
+s2 s2_t500b128 --set init_from=$R/s1_t500b128 &
 s2 s2_t2000 --set init_from=$R/s1_t2000 &
-s2 s2_t600_enc5e4 --set init_from=$R/s1_t600 --set train.part_lr.encoder=5e-4 &
-mm train -c shapes_vqa "${common[@]}" "${gpu[@]}" --set name=text_only --set task.text_only=true > "$R/text_only.log" 2>&1 &
+s2 s2_t500_enc_equal --set init_from=$R/s1_t500 --set train.part_lr.encoder=2.5e-4 &
+mm train -c shapes_vqa_stage2 "${common[@]}" "${gpu[@]}" --set name=text_only --set task.text_only=true --set init_from=null > "$R/text_only.log" 2>&1 &
 shorts=$(jobs -p)
-s2 s2_t600_long --set init_from=$R/s1_t600 --set train.max_steps=8000 --set train.eval_every=1000 "${gpu[@]}" &
+s2 s2_t500_long --set init_from=$R/s1_t500 --set train.max_steps=8000 --set train.eval_every=1000 "${gpu[@]}" &
 wait $shorts; pack short; date
 wait; pack all; date

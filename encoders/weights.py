@@ -58,11 +58,14 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: s
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
+    raise_key_problems(source, (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", wrong)))
+    module.load_state_dict(state, strict=True)
+
+
+def raise_key_problems(source: str, groups: tuple[tuple[str, list[str]], ...], limit: int = 20) -> None:
+    """One error naming every non-empty group of problem keys (at most `limit` each), or nothing."""
     problems = [
-        f"{label}: {', '.join(items[:20])}{' ...' if len(items) > 20 else ''}"
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", wrong))
-        if items
+        f"{label}: {', '.join(items[:limit])}{' ...' if len(items) > limit else ''}" for label, items in groups if items
     ]
     if problems:
         raise ValueError(f"{source}: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)

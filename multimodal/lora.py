@@ -16,6 +16,8 @@ import re
 import torch
 from torch import nn
 
+from encoders.weights import raise_key_problems
+
 
 class LoRALinear(nn.Module):
     """y = base(x) + (alpha / r) * B(A(x)); the base layer is frozen."""
@@ -95,13 +97,8 @@ def load_peft_lora(model: nn.Module, state: dict[str, torch.Tensor], source: str
             target = layers[name].lora_a if ab == "A" else layers[name].lora_b
             if target.shape != value.shape:
                 wrong.append(f"{name}.lora_{ab} {tuple(value.shape)} (expected {tuple(target.shape)})")
-    problems = [
-        f"{label}: {', '.join(items[:10])}{' ...' if len(items) > 10 else ''}"
-        for label, items in (("layers without LoRA here", unknown), ("missing", missing), ("mis-shaped", wrong))
-        if items
-    ]
-    if problems:
-        raise ValueError(f"{source}: " + "; ".join(problems))
+    groups = (("layers without LoRA here", unknown), ("missing", missing), ("mis-shaped", wrong))
+    raise_key_problems(source, groups, limit=10)
     with torch.no_grad():
         for (name, ab), value in found.items():
             (layers[name].lora_a if ab == "A" else layers[name].lora_b).copy_(value)

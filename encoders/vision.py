@@ -69,21 +69,26 @@ def image_transform(preprocess: dict[str, Any]):
     transform = T.Compose(steps)
 
     def apply(image: Any) -> torch.Tensor:
-        from PIL import Image
-
-        if isinstance(image, (bytes, bytearray)):
-            import io
-
-            with Image.open(io.BytesIO(image)) as im:
-                image = im.convert("RGB")
-        elif isinstance(image, (str, Path)):
-            with Image.open(image) as im:
-                image = im.convert("RGB")
-        elif isinstance(image, Image.Image) and image.mode != "RGB":
-            image = image.convert("RGB")
-        return transform(image)
+        return transform(open_rgb(image))
 
     return apply
+
+
+def open_rgb(image: Any) -> Any:
+    """An RGB PIL image from a PIL image, a path or encoded bytes."""
+    from PIL import Image
+
+    if isinstance(image, (bytes, bytearray)):
+        import io
+
+        with Image.open(io.BytesIO(image)) as im:
+            return im.convert("RGB")
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    if isinstance(image, Image.Image) and image.mode != "RGB":
+        return image.convert("RGB")
+    return image
 
 
 class _ResizeLongest(nn.Module):

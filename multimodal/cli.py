@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     def with_llada(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="LLaDA folder weights")
         p.add_argument("--device", default="auto", help="LLaDA folder: auto, cpu or cuda")
+        p.add_argument("--vision-heads", type=int, default=16, help="LLaDA-V folder: the SigLIP tower's heads")
 
     p = sub.add_parser("sample", help="answer prompts with a trained run or a released LLaDA folder")
     source = p.add_mutually_exclusive_group(required=True)
@@ -68,10 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         help="save a picture of the denoising order (which token was committed at which step)",
     )
 
-    p = sub.add_parser("chat", help="chat with a released LLaDA folder (its chat template; answers end at EoT)")
+    p = sub.add_parser(
+        "chat", help="chat with a released LLaDA or LLaDA-V folder (its chat template; answers end at EoT)"
+    )
     p.add_argument("--llada", required=True, help="a released LLaDA folder (config.json, safetensors, tokenizer)")
     p.add_argument("--prompt", action="append", default=None, help="user turns in order (default: read from stdin)")
     p.add_argument("--system", default=None, help="a system message before the first turn")
+    p.add_argument("--image", default=None, help="LLaDA-V folder: an image file for the first turn")
     with_llada(p)
     with_overrides(p)
 
@@ -288,42 +292,55 @@ def _sample(run, args: argparse.Namespace) -> int:
 
 
 def _llada_chat(args: argparse.Namespace) -> int:
-    """`mmdiff chat` and `mmdiff sample --llada`: a released LLaDA folder, LLaDA's decoding defaults
-    (``--set sampler.<field>=<value>`` changes them). Chat keeps the conversation: every answer joins
-    the messages of the next turn."""
-    import torch
+    """`mmdiff chat` and `mmdiff sample --llada`: a released LLaDA or LLaDA-V folder, LLaDA's decoding
+    defaults (``--set sampler.<field>=<value>`` changes them). Chat keeps the conversation: every answer
+    joins the messages of the next turn; an ``--image`` goes with the first user turn."""
+    from pathlib import Path
 
-    from multimodal.chat import chat_answer
-    from multimodal.serve.backend import LLaDABackend
-    from multimodal.train.build import pick_device
+    from multimodal.serve.backend import Turn
 
-    sampler = _sampler_overrides(args.overrides, args.command)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    engine = LLaDABackend(args.llada, sampler, pick_device(args.device), dtype).engine
+    backend = _llada_backend(args)
+    engine = backend.engine
+    image = [Path(args.image).read_bytes()] if args.image else []
+
+    def answer(turns: list[Turn]) -> str:
+        return engine.texts(engine.generate(backend.chat(turns)))[0]
+
     if args.command == "sample":
         if not args.prompt:
             raise ValueError("sample needs --prompt")
         for prompt in args.prompt:
             if args.raw:
-                answer = engine.texts(engine.generate([engine.tokenizer.encode(prompt)]))[0]
+                text = engine.texts(engine.generate(backend.completion(prompt)))[0]
             else:
-                answer = chat_answer(engine, [{"role": "user", "content": prompt}])
-            print(f"{prompt} -> {answer}")
+                text = answer([Turn("user", prompt, images=image)])
+            print(f"{prompt} -> {text}")
         return 0
-    messages = [{"role": "system", "content": args.system}] if args.system else []
+    turns = [Turn("system", args.system)] if args.system else []
     interactive = not args.prompt
-    turns = args.prompt or _stdin_turns()
-    for turn in turns:
-        messages.append({"role": "user", "content": turn})
-        answer = chat_answer(engine, messages)
-        messages.append({"role": "assistant", "content": answer})
-        print(answer if interactive else f"user: {turn}\nassistant: {answer}", flush=True)
+    for text in args.prompt or _stdin_turns():
+        first = not any(t.role == "user" for t in turns)
+        turns.append(Turn("user", text, images=image if first else []))
+        reply = answer(turns)
+        turns.append(Turn("assistant", reply))
+        print(reply if interactive else f"user: {text}\nassistant: {reply}", flush=True)
     return 0
+
+
+def _llada_backend(args: argparse.Namespace, command: str | None = None):
+    """The LLaDA / LLaDA-V folder of `args.llada` with the command's sampler overrides, device and dtype."""
+    import torch
+
+    from multimodal.serve.backend import LLaDABackend
+    from multimodal.train.build import pick_device
+
+    sampler = _sampler_overrides(args.overrides, command or args.command)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    return LLaDABackend(args.llada, sampler, pick_device(args.device), dtype, args.vision_heads)
 
 
 def _lm_eval(args: argparse.Namespace) -> int:
     """`mmdiff lm-eval`: harness tasks on a run's engine or a LLaDA folder's (multimodal/harness.py)."""
-    import torch
 
     try:
         from multimodal.harness import MMDiffLM, evaluate
@@ -332,12 +349,7 @@ def _lm_eval(args: argparse.Namespace) -> int:
     if args.run:
         engine = _run_engine(args.run, args.overrides)
     else:
-        from multimodal.serve.backend import LLaDABackend
-        from multimodal.train.build import pick_device
-
-        sampler = _sampler_overrides(args.overrides, "lm-eval --llada")
-        dtype = getattr(torch, args.dtype) if args.dtype else None
-        engine = LLaDABackend(args.llada, sampler, pick_device(args.device), dtype).engine
+        engine = _llada_backend(args, "lm-eval --llada").engine
     tasks = [t for t in args.tasks.split(",") if t]
     out = evaluate(MMDiffLM(engine, mc_num=args.mc_num), tasks, args.include_path, args.limit)
     print(json.dumps(out, indent=2, default=str))
@@ -364,7 +376,7 @@ def _stdin_turns():
 
 def _serve(args: argparse.Namespace) -> int:
     """`mmdiff serve`: a run (its task lays prompts out) or a released LLaDA folder (its chat template)."""
-    from multimodal.serve.backend import LLaDABackend, RunBackend
+    from multimodal.serve.backend import RunBackend
     from multimodal.serve.server import serve
 
     if args.run:
@@ -372,13 +384,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         backend = RunBackend(load_run(args.run, args.overrides))
     else:
-        import torch
-
-        from multimodal.train.build import pick_device
-
-        sampler = _sampler_overrides(args.overrides, "serve --llada")
-        dtype = getattr(torch, args.dtype) if args.dtype else None
-        backend = LLaDABackend(args.llada, sampler, pick_device(args.device), dtype)
+        backend = _llada_backend(args, "serve --llada")
     serve(
         backend,
         host=args.host,

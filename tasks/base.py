@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from multimodal.registry import new_registry
+from multimodal.sampling.media import expand_placeholders, stack_items
 from multimodal.types import ModalityIO, MultimodalBatch, PromptBatch, SampleOutput, Tokenizer
 from tasks.evaluation import Evaluation, decode_layouts, prediction_records
 
@@ -259,35 +260,17 @@ def expand_media(
             if found != len(items):
                 example = lay.meta.get("id", i)
                 raise ValueError(f"example {example}: {found} '{name}' placeholders for {len(items)} items")
-            counts = iter([int(io.num_tokens(x)) for x in items])
-            expanded, shift_at = [], []  # shift_at: (old position, extra tokens) per placeholder
-            for pos, t in enumerate(contexts[i]):
-                if t == io.placeholder_id:
-                    n = next(counts)
-                    expanded += [t] * n
-                    shift_at.append((pos, n - 1))
-                else:
-                    expanded.append(t)
+            contexts[i], shift_at = expand_placeholders(
+                contexts[i], io.placeholder_id, [int(io.num_tokens(x)) for x in items]
+            )
             spans[i] = [
                 (s + sum(e for p, e in shift_at if p < s), end + sum(e for p, e in shift_at if p < s))
                 for s, end in spans[i]
             ]
-            contexts[i] = expanded
             rows.append(items)
-        k = max((len(r) for r in rows), default=0)
-        if k == 0:
-            continue
-        shape = [
-            max(x.shape[d] for r in rows for x in r)
-            for d in range(rows[0][0].dim() if rows[0] else next(x for r in rows for x in r).dim())
-        ]
-        stacked = torch.zeros(len(rows), k, *shape)
-        present = torch.zeros(len(rows), k, dtype=torch.bool)
-        for i, items in enumerate(rows):
-            for j, x in enumerate(items):
-                stacked[(i, j, *[slice(0, n) for n in x.shape])] = x
-                present[i, j] = True
-        inputs[name], masks[name] = stacked, present
+        stacked = stack_items(rows)
+        if stacked is not None:
+            inputs[name], masks[name] = stacked
     return contexts, spans, inputs, masks
 
 

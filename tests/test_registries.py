@@ -23,7 +23,7 @@ def test_every_modality_has_a_tiny_encoder():
 def test_tiny_encoders_preprocess_encode_and_backpropagate(name):
     torch.manual_seed(0)
     tower = create_encoder(name)
-    projector = "mlp2x_gelu" if tower.modality == "image" else "sequence_linear"
+    projector = getattr(tower, "default_projector", "mlp2x_gelu" if tower.modality == "image" else "sequence_linear")
     adapter = ModalityAdapter(tower, create_projector(projector, tower.output_dim, 24))
     item = tower.preprocess(RAW[tower.modality]())
     tokens, valid, _ = adapter(item[None])

@@ -127,7 +127,7 @@ def llada_json_from_config(config: BackboneConfig, special: SpecialTokens) -> di
     }
 
 
-def _shard_files(folder: Path) -> dict[str, Path]:
+def shard_files(folder: Path) -> dict[str, Path]:
     """Map every tensor key of a checkpoint folder to the file that holds it."""
     index = folder / INDEX_NAME
     if index.is_file():
@@ -150,7 +150,8 @@ def _shard_files(folder: Path) -> dict[str, Path]:
     raise CheckpointError(f"{folder} holds no {SINGLE_NAME}, {INDEX_NAME} or pytorch_model*.bin")
 
 
-def _read(files: dict[str, Path], keys: list[str]) -> dict[str, torch.Tensor]:
+def read_tensors(files: dict[str, Path], keys: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors `keys` of a checkpoint, each read from the file `files` maps it to."""
     by_file: dict[Path, list[str]] = {}
     for key in keys:
         by_file.setdefault(files[key], []).append(key)
@@ -187,7 +188,7 @@ def load_llada_checkpoint(
     with torch.device("meta"):
         model = LLaDABackbone(config)
     expected = {PREFIX + k: tuple(v.shape) for k, v in model.state_dict().items()}
-    files = _shard_files(folder)
+    files = shard_files(folder)
     missing = sorted(set(expected) - set(files))
     unexpected = sorted(set(files) - set(expected))
     problems = []
@@ -197,7 +198,7 @@ def load_llada_checkpoint(
         problems.append(f"unexpected keys: {', '.join(unexpected)}")
     if problems:
         raise CheckpointError(f"{folder}: " + "; ".join(problems))
-    tensors = _read(files, sorted(expected))
+    tensors = read_tensors(files, sorted(expected))
     wrong = [
         f"{k} {tuple(t.shape)} (expected {expected[k]})" for k, t in tensors.items() if tuple(t.shape) != expected[k]
     ]

@@ -2,7 +2,7 @@
 
 Every policy shares the LLaDA reference step (PAPERS.md section 1): candidates are the argmax of
 the logits after Gumbel noise, with the noise and the softmax in float64 (float32 Gumbel sampling
-lowers the effective temperature); optionally EOS is forbidden as a candidate; the policy scores
+lowers the effective temperature); optionally EOS and other ids are forbidden as candidates; the policy scores
 each masked position (`confidence`); optionally EOS/EoT candidates are ranked below every other
 candidate (done correctly here: the released code's flag has no effect when temperature > 0); then
 the `quota` best-scored masked positions are committed. Subclasses override `confidence` (which
@@ -11,7 +11,7 @@ order) and, for parallel policies, `select` (how many).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -43,6 +43,8 @@ class SamplerConfig:
         temperature: Gumbel temperature; 0 is plain argmax.
         cfg_scale: classifier-free guidance scale s (logits = u + (s + 1)(c - u)); 0 disables it.
         forbid_eos: never propose EOS as a candidate.
+        forbid_ids: token ids never proposed as candidates (LLaDA-V: BOS, EOS and the header tokens;
+            DSM: every non-residue token).
         eos_lowest_confidence: commit EOS/EoT candidates only after every other candidate.
         stop_at_eos: once an EOS is committed, everything after it becomes EOS and the sequence
             stops there (later blocks are skipped).
@@ -66,6 +68,7 @@ class SamplerConfig:
     temperature: float = 0.0
     cfg_scale: float = 0.0
     forbid_eos: bool = False
+    forbid_ids: list[int] = field(default_factory=list)
     eos_lowest_confidence: bool = False
     stop_at_eos: bool = False
     cache: str = "none"
@@ -241,9 +244,10 @@ class Sampler:
             commit: (B, Lb) bool, positions to commit now.
         """
         cfg = self.config
-        if cfg.forbid_eos and special.eos_id is not None:
+        forbid = list(cfg.forbid_ids) + ([special.eos_id] if cfg.forbid_eos and special.eos_id is not None else [])
+        if forbid:
             logits = logits.clone()
-            logits[..., special.eos_id] = -torch.inf
+            logits[..., forbid] = -torch.inf
         x0 = gumbel_argmax(logits, cfg.temperature, generator)
         score = self.confidence(logits, x0, generator)
         if cfg.eos_lowest_confidence:

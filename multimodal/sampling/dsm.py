@@ -14,7 +14,7 @@ non-residue tokens). Which candidates go first:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -24,13 +24,12 @@ from multimodal.sampling.base import SAMPLERS, Sampler, SamplerConfig, SamplerEr
 
 @dataclass
 class DSMConfig(SamplerConfig):
-    """Attributes: step_divisor (steps = masks // divisor), remasking rule, forbid_ids (never sampled)."""
+    """Attributes: step_divisor (steps = masks // divisor), remasking rule (forbid_ids: non-residues)."""
 
     name: str = "dsm"
     temperature: float = 1.0
     step_divisor: int = 1
     remasking: Literal["random", "low_confidence", "low_logit", "dual"] = "random"
-    forbid_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,12 +47,6 @@ class DSMSampler(Sampler):
 
     def steps_for(self, num_masked: torch.Tensor, block_length: int, steps_per_block: int) -> int:
         return max(1, int(num_masked.max()) // self.config.step_divisor)
-
-    def step(self, logits, masked, quota, special, generator=None, step=0):
-        if self.config.forbid_ids:
-            logits = logits.clone()
-            logits[..., self.config.forbid_ids] = -torch.inf
-        return super().step(logits, masked, quota, special, generator, step)
 
     def confidence(self, logits: torch.Tensor, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         rule = self.config.remasking

@@ -6,8 +6,10 @@
   decoding: the run's sampler config.
 * `LLaDABackend` (``mmdiff serve --llada DIR``): a released LLaDA folder (config.json, safetensors,
   tokenizer). Chat goes through the tokenizer's own chat template (multimodal/chat.py), completions
-  are the text as given. Default decoding: LLaDA's reference settings (low-confidence remasking,
-  128 tokens in blocks of 32, one token per step) unless the command overrides them.
+  are the text as given. A LLaDA-V folder also takes images: its ``llava_llada`` conversation
+  (multimodal/llada_v.py), with the release's suppressed tokens added to the sampler's forbid_ids.
+  Default decoding: LLaDA's reference settings (low-confidence remasking, 128 tokens in blocks of 32,
+  one token per step) unless the command overrides them.
 
 `request_sampler` turns a request's settings into its own sampler: ``max_tokens`` becomes the answer
 canvas (rounded up to whole blocks; the text is cut at ``max_tokens``), ``temperature`` the Gumbel
@@ -125,27 +127,51 @@ class RunBackend(Backend):
 
 
 class LLaDABackend(Backend):
-    """A released LLaDA folder: the tokenizer's chat template, plain-text completions."""
+    """A released LLaDA folder (text; the tokenizer's chat template) or LLaDA-V folder (images too: the
+    ``llava_llada`` conversation, multimodal/llada_v.py); completions are plain text."""
 
-    def __init__(self, folder: str | Path, sampler: SamplerConfig | None = None, device: Any = None, dtype: Any = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        sampler: SamplerConfig | None = None,
+        device: Any = None,
+        dtype: Any = None,
+        vision_heads: int = 16,
+    ):
         from multimodal.backbone.convert import load_llada_checkpoint
+        from multimodal.llada_v import is_llada_v, load_llada_v, sampler_defaults
         from multimodal.tokenizer import HFTokenizer
 
         folder = Path(folder)
-        model, _ = load_llada_checkpoint(folder, dtype=dtype, device=device or "cpu")
-        self.engine = Engine(model, HFTokenizer(folder), sampler or LLADA_DEFAULT)
+        self.vision = is_llada_v(folder)
+        if self.vision:
+            model, tokenizer = load_llada_v(folder, dtype=dtype, device=device or "cpu", vision_heads=vision_heads)
+            sampler = sampler_defaults(tokenizer, sampler or LLADA_DEFAULT)
+            self.accepts = ("image",)
+        else:
+            model, _ = load_llada_checkpoint(folder, dtype=dtype, device=device or "cpu")
+            tokenizer = HFTokenizer(folder)
+        self.engine = Engine(model, tokenizer, sampler or LLADA_DEFAULT)
         self.model_id = folder.name
 
     def chat(self, turns: list[Turn]) -> PromptBatch:
         from multimodal.chat import chat_prompt_ids
+        from multimodal.llada_v import prompt_batch
 
-        if any(t.images or t.audio for t in turns):
-            raise RequestError(f"model '{self.model_id}' takes text only", "messages")
+        if any(t.audio for t in turns) or (not self.vision and any(t.images for t in turns)):
+            raise RequestError(
+                f"model '{self.model_id}' takes {'text and images' if self.vision else 'text'} only", "messages"
+            )
         if not turns or turns[-1].role != "user":
             raise RequestError("the last message must be a user turn", "messages")
-        return PromptBatch(
-            [chat_prompt_ids(self.engine.tokenizer, [{"role": t.role, "content": t.text} for t in turns])]
-        )
+        messages = [{"role": t.role, "content": t.text} for t in turns]
+        if self.vision:
+            images = [image for t in turns for image in t.images]
+            try:
+                return prompt_batch(self.engine.model, self.engine.tokenizer, messages, images)
+            except (ValueError, OSError) as err:  # unreadable image
+                raise RequestError(str(err), "messages") from None
+        return PromptBatch([chat_prompt_ids(self.engine.tokenizer, messages)])
 
     def completion(self, text: str) -> PromptBatch:
         return PromptBatch([self.engine.tokenizer.encode(text)])

@@ -90,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     with_llada(p)
     with_overrides(p)
 
+    p = sub.add_parser("lmms-eval", help="run lmms-eval image tasks on a run or a LLaDA-V folder (mmdiff[lmms])")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run folder or checkpoint folder (an image task's run)")
+    source.add_argument("--llada", help="a released LLaDA-V folder")
+    p.add_argument("--tasks", required=True, help="comma-separated lmms-eval task names")
+    p.add_argument("--include-path", default=None, help="a folder of local task YAMLs")
+    p.add_argument("--limit", type=int, default=None, help="at most this many documents per task")
+    with_llada(p)
+    with_overrides(p)
+
     p = sub.add_parser("eval", help="evaluate a trained run on a split")
     p.add_argument("--run", required=True, help="run folder or checkpoint folder")
     p.add_argument("--split", default="test")
@@ -234,6 +244,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "lm-eval":
         return _lm_eval(args)
+    if args.command == "lmms-eval":
+        return _lmms_eval(args)
     if args.command == "chat" or getattr(args, "llada", None):
         return _llada_chat(args)
     run = load_run(args.run, args.overrides)
@@ -352,6 +364,25 @@ def _lm_eval(args: argparse.Namespace) -> int:
         engine = _llada_backend(args, "lm-eval --llada").engine
     tasks = [t for t in args.tasks.split(",") if t]
     out = evaluate(MMDiffLM(engine, mc_num=args.mc_num), tasks, args.include_path, args.limit)
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def _lmms_eval(args: argparse.Namespace) -> int:
+    """`mmdiff lmms-eval`: lmms-eval tasks on a run's backend or a LLaDA-V folder's (multimodal/harness_lmms.py)."""
+    try:
+        from multimodal.harness_lmms import MMDiffLMMS, evaluate
+    except ImportError as err:
+        raise ValueError(f"lmms-eval needs the lmms_eval package: pip install 'mmdiff[lmms]' ({err})") from None
+    if args.run:
+        from multimodal.serve.backend import RunBackend
+        from multimodal.train.build import load_run
+
+        backend = RunBackend(load_run(args.run, args.overrides))
+    else:
+        backend = _llada_backend(args, "lmms-eval --llada")
+    tasks = [t for t in args.tasks.split(",") if t]
+    out = evaluate(MMDiffLMMS(backend), tasks, args.include_path, args.limit)
     print(json.dumps(out, indent=2, default=str))
     return 0
 

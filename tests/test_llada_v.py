@@ -283,3 +283,22 @@ def test_sample_and_chat_on_a_released_llada_v_folder(tmp_path, capsys):
     assert capsys.readouterr().out == f"what colour is it -> {expected}\n"
     assert main(["chat", *args, "--prompt", "what colour is it"]) == 0
     assert capsys.readouterr().out == f"user: what colour is it\nassistant: {expected}\n"
+
+
+def test_the_server_answers_image_chats_as_the_library_decodes(tmp_path):
+    import base64
+
+    from multimodal.sampling import SamplerConfig
+    from multimodal.serve.backend import LLaDABackend, Turn
+    from tests.test_serve import alone, client, png, running
+
+    folder, *_ = write_llada_v(tmp_path / "LLaDA-V-tiny")
+    backend = LLaDABackend(folder, SamplerConfig(steps=4, gen_length=8, block_length=4), vision_heads=2)
+    assert backend.accepts == ("image",)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png()).decode()}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "what colour is it"}, image]}]
+    with running(backend) as (_, _, url):
+        chat = client(url).chat.completions.create(model="LLaDA-V-tiny", messages=messages, seed=0)
+    batch = backend.chat([Turn("user", "what colour is it", images=[png()])])
+    assert chat.choices[0].message.content == alone(backend, batch)
+    assert chat.usage.prompt_tokens == len(batch.prompts[0])

@@ -23,7 +23,8 @@ that file are whisper-small's own (DIFFA freezes it); load them as the tower's.
 
 The prompt DIFFA was trained with (tasks/asr.py, ``prompt_style: diffa``): the system line "You are a
 helpful voice assistant.", then the user turn "This is the audio: <audio>. {instruction}" with the
-speech embeddings spliced in right after "This is the audio:".
+speech embeddings spliced in right after "This is the audio:" and the literal " <audio>." kept after them
+(tasks/asr.py: ``audio_in_instruction`` with a placeholder not named ``<audio>``).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ records (tasks/asr_data.py). Layouts (PAPERS.md section 4):
   assistant header, as the release lays it out;
 * ``audio_in_instruction`` (DIFFA): "This is the audio: <audio>. {instruction}", the embeddings at the
   placeholder; with ``chat: true`` and ``system: "You are a helpful voice assistant."`` it is DIFFA's
-  prompt (the release also keeps the literal text "<audio>." after the embeddings, which a
-  placeholder of the same name cannot express).
+  prompt; with a placeholder named otherwise (``placeholder``) the embeddings follow "This is the
+  audio:" and the literal text " <audio>." stays after them, as the release lays it out.
 
 The answer is the transcript (lower-case words). Metrics: corpus WER after Whisper's English
 normalisation with substitutions / deletions / insertions, also for the held-out-voice and seen-voice
@@ -55,6 +55,10 @@ class ASRConfig(TaskConfig):
         spoken: overrides of the corpus generator (SpokenConfig fields).
         layout: ``audio_after_prompt`` (Whisper-LLaDA) or ``audio_in_instruction`` (DIFFA).
         prompt: the instruction text.
+        placeholder: the token written where the audio embeddings go (``modalities.audio.placeholder``
+            must be the same). DIFFA's release splices its embeddings right after "This is the audio:"
+            and keeps the literal text " <audio>." after them: with a placeholder of another name
+            (e.g. ``<|audio_embeds|>``, and an HF tokenizer) ``audio_in_instruction`` writes exactly that.
         bad_records: ``skip`` (count and drop) or ``fail``.
         max_examples: cap per split.
     """
@@ -66,6 +70,7 @@ class ASRConfig(TaskConfig):
     spoken: dict[str, Any] = field(default_factory=dict)
     layout: Literal["audio_after_prompt", "audio_in_instruction"] = "audio_after_prompt"
     prompt: str = "Transcribe the audio:"
+    placeholder: str = AUDIO_TOKEN
     bad_records: Literal["skip", "fail"] = "skip"
     max_examples: int | None = None
 
@@ -147,9 +152,12 @@ class ASRTask(Task):
 
     def prompt_parts(self) -> tuple[str, str]:
         """(prompt, suffix): the audio placeholder goes inside the instruction (DIFFA) or after it."""
+        ph = self.config.placeholder
         if self.config.layout == "audio_in_instruction":
-            return f"This is the audio: {AUDIO_TOKEN}. {self.config.prompt}", ""
-        return self.config.prompt, f" {AUDIO_TOKEN}"
+            if ph == AUDIO_TOKEN:  # the embeddings stand in for the literal "<audio>"
+                return f"This is the audio: {ph}. {self.config.prompt}", ""
+            return f"This is the audio:{ph} {AUDIO_TOKEN}. {self.config.prompt}", ""  # the release, exactly
+        return self.config.prompt, f" {ph}"
 
     def prompt_text(self) -> str:
         return "".join(self.prompt_parts())
@@ -178,7 +186,7 @@ class ASRTask(Task):
                 raise FileNotFoundError(f"audio file not found: {audio}")
             audio = Path(audio)
         validate({"id": source_name(audio), "text": "?", "audio": audio})  # unreadable or empty audio: one error
-        if AUDIO_TOKEN in prompt:
+        if self.config.placeholder in prompt:
             return Layout(prompt=prompt, answer="", media={"audio": [audio]})
         text, suffix = self.prompt_parts()
         return Layout(prompt=text, answer="", media={"audio": [audio]}, prompt_suffix=suffix)

@@ -118,3 +118,25 @@ def test_asr_prompts_through_the_chat_template(tmp_path, layout):
     batch = task.collate([answered], tok)
     row = batch.input_ids[0][batch.maskable[0]].tolist()
     assert row[:3] == [tok.token_id("hi"), tok.eot_id, tok.eos_id]
+
+
+def test_diffa_release_prompt_keeps_the_literal_audio_text_after_the_embeddings(tmp_path):
+    """DIFFA's release: embeddings right after "This is the audio:", then the text " <audio>." as words."""
+    from multimodal.tokenizer import HFTokenizer
+    from tasks.asr import ASRConfig, ASRTask
+    from tests.test_asr import flac
+    from tests.test_tokenizer import make_hf_folder
+
+    words = ["user", "assistant", "system", "This", "is", "the", "audio", ":", "<", ">.", "hello", "[UNK]"]
+    tok = HFTokenizer(make_hf_folder(tmp_path, SPECIALS + words, bos_token="<|startoftext|>", chat_template=TEMPLATE))
+    tok.add_specials(["<|audio_embeds|>"])
+    config = ASRConfig(layout="audio_in_instruction", prompt="hello", chat=True, placeholder="<|audio_embeds|>")
+    task = ASRTask(config)
+    ids = task.prompt_batch([task.layout_for_prompt("", audio=flac())], tok).prompts[0]
+    user = ids[ids.index(tok.token_id("This")) : ids.index(tok.eot_id)]
+    audio = tok.token_id("<|audio_embeds|>")
+    spliced = user.index(audio)
+    assert user[:spliced] == [tok.token_id(w) for w in ["This", "is", "the", "audio", ":"]]
+    after = [t for t in user[spliced:] if t != audio]
+    assert after == [tok.token_id(w) for w in ["<", "audio", ">.", "hello"]]  # word-level: ">." is one piece
+    assert user[spliced : spliced + user.count(audio)] == [audio] * user.count(audio)

@@ -314,3 +314,14 @@ def test_whisper_real_frames_are_the_feature_extractors_attention_mask(samples):
     mask = extractor(wave, sampling_rate=16000, return_attention_mask=True, return_tensors="np")["attention_mask"]
     tower = create_encoder("whisper_tiny")  # a 2 s window
     assert int(tower.preprocess(torch.from_numpy(wave))[-1].sum()) == int(mask.sum()) == -(-samples // 160)
+
+
+def test_a_task_placeholder_other_than_the_models_is_refused_before_training():
+    import re
+
+    from multimodal.train.build import build_run
+    from multimodal.train.config import load_experiment
+
+    message = "task.placeholder is '<|audio_embeds|>' but modalities.audio.placeholder is '<audio>'"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_run(load_experiment("spoken_asr", ["task.placeholder=<|audio_embeds|>"]))

@@ -195,6 +195,13 @@ def build_run(config: ExperimentConfig, tokenizer: BuiltinTokenizer | HFTokenize
     placeholders) and the model."""
     task = create_task(config.task)
     placeholders = [m.placeholder for m in config.modalities.values()]
+    written = getattr(config.task, "placeholder", None)  # a task that names the token it writes (asr)
+    audio = config.modalities.get("audio")
+    if written is not None and audio is not None and audio.placeholder != written:
+        raise ValueError(
+            f"task.placeholder is {written!r} but modalities.audio.placeholder is {audio.placeholder!r}; "
+            "the prompt must carry the token the model splices at"
+        )
     tokenizer = tokenizer or build_tokenizer(config.tokenizer, task.texts(), specials=placeholders)
     if config.dsm is None and len(tokenizer) > config.backbone.vocab_size:
         raise ValueError(

@@ -101,6 +101,9 @@ class ModalityAdapter(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.projector = projector
+        # (encoder, inputs, mask) -> features, set while training a frozen tower on cached features
+        # (multimodal/train/feature_cache.py); None: the encoder runs.
+        self.feature_cache: Any = None
 
     @property
     def modality(self) -> str:
@@ -118,7 +121,10 @@ class ModalityAdapter(nn.Module):
 
         Projectors return tokens, or (tokens, valid) when items give different token counts (speech).
         """
-        features = self.encoder(inputs, mask)
+        if self.feature_cache is not None:
+            features = self.feature_cache(self.encoder, inputs, mask)
+        else:
+            features = self.encoder(inputs, mask)
         out = self.projector(features)
         tokens, valid = out if isinstance(out, tuple) else (out, None)
         if valid is None:

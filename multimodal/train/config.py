@@ -71,6 +71,11 @@ class TrainConfig:
         cache_media: preprocess each training media item once and keep the result in memory
             (multimodal/train/media_cache.py): for small materialised corpora, such as the spoken one,
             whose features would otherwise be recomputed every epoch (each worker keeps its own copy).
+        cache_features: keep each frozen tower's output per distinct media item in memory
+            (multimodal/train/feature_cache.py): a frozen-tower stage (LLaDA-V stage 1, or stage 2 with
+            the tower frozen) then runs each tower once per item instead of once per step. Needs every
+            tower frozen ('encoder' not in `trainable`, `unlocked_groups` 0); cached features are the
+            tower's eval-mode outputs.
         bucket_batches: length bucketing: sort windows of this many global batches by length so a
             batch holds similar lengths (0: plain shuffling). See multimodal/train/sampler.py.
         threads: CPU threads for torch (None: leave torch's default).
@@ -118,6 +123,7 @@ class TrainConfig:
     sample_budget: int | None = None
     num_workers: int = 0
     cache_media: bool = False
+    cache_features: bool = False
     threads: int | None = None
     log_every: int = 20
     checkpoint_every: int = 500
@@ -261,6 +267,13 @@ def check_experiment(config: ExperimentConfig) -> ExperimentConfig:
     if cfg.streaming and (cfg.bucket_batches or cfg.cache_media):
         key = "bucket_batches" if cfg.bucket_batches else "cache_media"
         raise ConfigError(f"train.{key} needs the whole training set; it does not combine with train.streaming")
+    if cfg.cache_features:
+        if not config.modalities:
+            raise ConfigError("train.cache_features needs a modality tower (the experiment has no modalities)")
+        unlocked = [name for name, m in config.modalities.items() if m.unlocked_groups]
+        if "encoder" in cfg.trainable or unlocked:
+            where = f"modalities.{unlocked[0]}.unlocked_groups > 0" if unlocked else "'encoder' is in train.trainable"
+            raise ConfigError(f"train.cache_features caches frozen towers only, but {where}")
     unknown = sorted(set(cfg.trainable) - set(TRAINABLE_PARTS))
     if unknown:
         raise ConfigError(f"train.trainable: unknown parts {unknown} (choose from {', '.join(TRAINABLE_PARTS)})")

@@ -43,6 +43,7 @@ from multimodal.config import ConfigError, dump
 from multimodal.tokenizer import BuiltinTokenizer, HFTokenizer
 from multimodal.train.build import Run, build_run
 from multimodal.train.config import ExperimentConfig, TrainConfig, check_experiment
+from multimodal.train.feature_cache import install_feature_caches, remove_feature_caches
 from multimodal.train.media_cache import cached_modalities
 from multimodal.train.packing import PackedCollate
 from multimodal.train.resume import StateCheckpointIO, TrainingState, latest_state, read_position
@@ -141,6 +142,8 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     L.seed_everything(config.seed, workers=True, verbose=False)
     run = build_run(config)
     run.folder = claim_folder(run.folder, cfg.resume)
+    if cfg.cache_features:
+        install_feature_caches(run.model)
     if cfg.compile:
         compile_blocks(run.model)
     module = DiffusionModule(
@@ -205,6 +208,8 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     total = sum(p.numel() for p in run.model.parameters())
     log.info("training %s: %.2fM parameters, %s training examples", config.name, total / 1e6, examples)
     trainer.fit(module, loader, ckpt_path=state, weights_only=True)
+    if cfg.cache_features:
+        remove_feature_caches(run.model)
     if cfg.strategy == "fsdp" and trainer.is_global_zero:  # run.model is sharded in place: read the weights back
         folder, run = run.folder, build_run(replace(config, init_from=None), run.tokenizer)
         run.folder = folder

@@ -13,6 +13,15 @@ Modes (PAPERS.md section 4):
 The hypothesis keeps its token count (deliberation refills, it does not insert or delete). The
 text-only control (`text_only`) runs the same model with the audio withheld: Whisper-LLaDA's finding
 is that it does not help, so the gain must come from listening.
+
+``protocol: reference`` follows the released Whisper-LLaDA loop where it chooses differently from us:
+floor(ratio x n) tokens are masked (we round); the low-confidence forward sees the tokenizer's padding
+token at the hypothesis positions (we show masks, the input the model was trained to fill); chunks are
+n // chunks tokens each with the remainder in the last (we spread the remainder). Both refill one
+token per model call, most confident first, as the release does for up to steps / chunks tokens per
+chunk (its default 128 steps; a longer chunk would commit several tokens per call there). The
+release's batch-level EOS rule in plain decoding (the first EOS of any row cuts every row) is a bug at
+batch sizes above one; ours stops each row at its own EOS (``sampler.stop_at_eos``).
 """
 
 from __future__ import annotations
@@ -37,13 +46,13 @@ from tasks.commands import CommandContext, CommandOutput, TaskCommand, register_
 
 @dataclass
 class DeliberationConfig:
-    """Attributes: mode, mask_ratio, chunks (module docstring); text_only withholds the audio;
-    steps_per_token = 1 refills one token per model call."""
+    """Attributes: mode, mask_ratio, chunks, protocol (module docstring); text_only withholds the audio."""
 
     mode: Literal["random", "low_confidence", "chunks"] = "low_confidence"
     mask_ratio: float = 0.3
     chunks: int = 4
     text_only: bool = False
+    protocol: Literal["ours", "reference"] = "ours"
 
 
 def _strip_media(layout: Layout) -> Layout:
@@ -89,18 +98,19 @@ def deliberate(
         modality_masks=batch.modality_masks,
     )
     media = engine.encode(canvas)  # once for every call below
-    calls = 0
+    calls, reference = 0, config.protocol == "reference"
     if config.mode == "chunks":
-        for chosen in chunk_masks(region, config.chunks):
+        for chosen in chunk_masks(region, config.chunks, remainder_last=reference):
             canvas, n = _refill(engine, canvas, chosen, generator, media)
             calls += n
     else:
         if config.mode == "low_confidence":
-            scores = _scores(engine, canvas, media)
+            hidden_by = tokenizer.pad_id if reference else engine.special.mask_id
+            scores = _scores(engine, canvas, media, hidden_by)
             calls += 1
         else:
             scores = torch.rand(ids.shape, generator=generator, device=generator.device if generator else "cpu")
-        chosen = select_lowest(scores.cpu(), region, config.mask_ratio)
+        chosen = select_lowest(scores.cpu(), region, config.mask_ratio, floor=reference)
         canvas, n = _refill(engine, canvas, chosen, generator, media)
         calls += n
     out = []
@@ -111,29 +121,39 @@ def deliberate(
     return out, calls
 
 
-def select_lowest(scores: torch.Tensor, region: torch.Tensor, ratio: float) -> torch.Tensor:
-    """(B, L) bool: in each row, the round(ratio * n) lowest-scored of its n hypothesis positions."""
+def select_lowest(scores: torch.Tensor, region: torch.Tensor, ratio: float, floor: bool = False) -> torch.Tensor:
+    """(B, L) bool: in each row, the round(ratio * n) (`floor`: floor(ratio * n), the release's count)
+    lowest-scored of its n hypothesis positions."""
     chosen = torch.zeros_like(region)
     for i in range(region.shape[0]):
-        n = int(round(ratio * int(region[i].sum())))
+        size = int(region[i].sum())
+        n = int(ratio * size) if floor else int(round(ratio * size))
         if n:
             candidates = torch.where(region[i], scores[i].float(), torch.full_like(scores[i].float(), float("inf")))
             chosen[i, candidates.topk(n, largest=False).indices] = True
     return chosen
 
 
-def chunk_masks(region: torch.Tensor, chunks: int) -> list[torch.Tensor]:
-    """`chunks` (B, L) masks splitting each row's hypothesis positions into contiguous pieces, in order."""
+def chunk_masks(region: torch.Tensor, chunks: int, remainder_last: bool = False) -> list[torch.Tensor]:
+    """`chunks` (B, L) masks splitting each row's hypothesis positions into contiguous pieces, in order:
+    sizes differing by at most one, or (`remainder_last`, the release's split) n // chunks each and
+    the remainder in the last piece."""
     index = region.long().cumsum(1) - 1  # rank of each hypothesis position within its row
     lengths = region.sum(1, keepdim=True)
-    piece = torch.div(index * chunks, lengths.clamp_min(1), rounding_mode="floor")
+    if remainder_last:
+        size = torch.div(lengths, chunks, rounding_mode="floor")  # (B, 1); 0 puts everything in the last
+        piece = torch.div(index, size.clamp_min(1), rounding_mode="floor").clamp_max(chunks - 1)
+        piece = torch.where(size > 0, piece, torch.full_like(piece, chunks - 1))
+    else:
+        piece = torch.div(index * chunks, lengths.clamp_min(1), rounding_mode="floor")
     return [region & (piece == c) for c in range(chunks)]
 
 
-def _scores(engine: Engine, canvas: MultimodalBatch, media: EncodedMedia) -> torch.Tensor:
-    """(B, L) log-probability of each hypothesis token with the whole hypothesis masked (one forward)."""
+def _scores(engine: Engine, canvas: MultimodalBatch, media: EncodedMedia, hidden_by: int) -> torch.Tensor:
+    """(B, L) log-probability of each hypothesis token with the whole hypothesis replaced by `hidden_by`
+    (the mask token; the padding token under the reference protocol), in one forward."""
     ids = canvas.input_ids
-    masked = torch.where(canvas.maskable, torch.full_like(ids, engine.special.mask_id), ids)
+    masked = torch.where(canvas.maskable, torch.full_like(ids, hidden_by), ids)
     logp = engine.logits(replace(canvas, input_ids=masked), media).log_softmax(-1).cpu()
     return logp.gather(-1, ids[..., None]).squeeze(-1)
 
@@ -191,6 +211,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ratio", type=float, default=0.3, help="fraction of hypothesis tokens to mask")
     p.add_argument("--chunks", type=int, default=4, help="chunks for the semi-autoregressive mode")
     p.add_argument("--text-only", action="store_true", help="withhold the audio (the control)")
+    p.add_argument(
+        "--protocol", default="ours", choices=["ours", "reference"], help="reference: the released loop's choices"
+    )
     p.add_argument("--split", default="test", help="task split that hypothesis ids refer to")
 
 
@@ -199,7 +222,7 @@ def deliberate_command(args: argparse.Namespace, context: CommandContext) -> Com
     the new hypotheses go to eval/deliberation_<mode>[_text_only].jsonl beside the metrics."""
     from tasks.asr_metrics import wer_report
 
-    config = DeliberationConfig(args.mode, args.ratio, args.chunks, args.text_only)
+    config = DeliberationConfig(args.mode, args.ratio, args.chunks, args.text_only, args.protocol)
     path = Path(args.hypotheses)
     rows, layouts, hyps, refs = read_hypotheses(context.task, path, args.split)
     engine = context.engine
@@ -217,6 +240,7 @@ def deliberate_command(args: argparse.Namespace, context: CommandContext) -> Com
         "mask_ratio": config.mask_ratio,
         "chunks": config.chunks,
         "text_only": config.text_only,
+        "protocol": config.protocol,
         "utterances": len(out),
         "wer_before": before["wer"],
         "wer_after": after["wer"],
@@ -227,6 +251,7 @@ def deliberate_command(args: argparse.Namespace, context: CommandContext) -> Com
     if audio:
         result["real_time_factor"] = round(elapsed / audio, 4)
     name = f"eval/deliberation_{config.mode}{'_text_only' if config.text_only else ''}"
+    name += "_reference" if config.protocol == "reference" else ""
     lines = [
         json.dumps({"id": row.get("id"), "hypothesis": hyp, "deliberated": new, "reference": ref})
         for row, hyp, new, ref in zip(rows, hyps, out, refs, strict=True)

@@ -62,3 +62,34 @@ def test_low_confidence_deliberation_repairs_the_wrong_tokens():
         config = DeliberationConfig(mode, 1.0, chunks=5)
         out, _ = deliberate(engine, task, layouts, hyp, config, torch.Generator().manual_seed(0))
         assert out == ["54321"]  # masking everything lets the model rewrite all of it
+
+
+def test_reference_protocol_counts_and_chunks_as_the_release():
+    region = torch.zeros(1, 12, dtype=torch.bool)
+    region[0, 2:12] = True  # 10 hypothesis tokens
+    scores = torch.arange(12.0).flip(0)[None]
+    assert int(select_lowest(scores, region, 0.25).sum()) == 2  # round(2.5) = 2 (half to even)
+    assert int(select_lowest(scores, region, 0.35).sum()) == 4  # round(3.5) = 4
+    assert int(select_lowest(scores, region, 0.35, floor=True).sum()) == 3  # int(3.5): the release's count
+    sizes = [int(m.sum()) for m in chunk_masks(region, 4, remainder_last=True)]
+    assert sizes == [2, 2, 2, 4]  # 10 // 4 each, the remainder in the last chunk
+    assert [int(m.sum()) for m in chunk_masks(region, 4)] == [3, 2, 3, 2]
+    short = torch.zeros(1, 5, dtype=torch.bool)
+    short[0, 2:5] = True  # fewer tokens than chunks: the release's chunks are empty but the last
+    assert [int(m.sum()) for m in chunk_masks(short, 4, remainder_last=True)] == [0, 0, 0, 3]
+
+
+def test_reference_low_confidence_scores_with_padding_at_the_hypothesis():
+    task, tok, layouts, _ = build("54321")
+    p = len(tok.encode("12345="))
+    seen = []
+
+    def fn(ids, attention_mask, position_ids):
+        seen.append(ids.clone())
+        return torch.zeros(*ids.shape, len(tok))
+
+    engine = Engine(TableModel(fn=fn), tok)
+    for protocol, hidden in (("ours", tok.mask_id), ("reference", tok.pad_id)):
+        seen.clear()
+        deliberate(engine, task, layouts, ["59381"], DeliberationConfig("low_confidence", 0.4, protocol=protocol))
+        assert seen[0][0, p : p + 5].tolist() == [hidden] * 5  # the scoring forward

@@ -96,3 +96,30 @@ def test_pretrain_tower_writes_a_tower_that_stage_one_loads(tmp_path, capsys):
     # a file of another tower is one error naming the mis-shaped keys
     with pytest.raises(ValueError, match="mis-shaped keys: body.0.0.weight"):
         create_encoder("conv_small", stem_width=16, weights=weights)
+
+
+def test_the_caption_first_route_runs_through_its_three_configs(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from multimodal.cli import main
+
+    common = ["--set", f"train.output_dir={tmp_path}", "--set", f"task.data_dir={tmp_path / 'data'}"]
+    assert main(["pretrain-tower", "-c", "shapes_vqa_tower", *common, *SMALL]) == 0
+    tower = str(tmp_path / "shapes_vqa_tower" / "tower.safetensors")
+    steps = [*SMALL[:2], "--set", "train.max_steps=2", "--set", "train.threads=1", "--set", "train.eval_limit=4"]
+    chain = [
+        ("shapes_vqa_caption", ["--set", f"modalities.image.encoder_args.weights={tower}"]),
+        ("shapes_vqa_caption_tower", ["--set", f"init_from={tmp_path / 'shapes_vqa_caption'}"]),
+        ("shapes_vqa_qa", ["--set", f"init_from={tmp_path / 'shapes_vqa_caption_tower'}", "--set", "train.eval_every=0"]),
+    ]
+    for config, sets in chain:
+        assert main(["train", "-c", config, *common, *steps, *sets]) == 0, config
+    capsys.readouterr()
+    weights = {name: load_file(tmp_path / name / "checkpoints" / "last" / "model.safetensors") for name, _ in chain}
+    key = "adapters.image.encoder.body.0.0.weight"
+    # the tower is frozen in the first and last step, trained in the middle one
+    torch.testing.assert_close(weights["shapes_vqa_caption"][key], load_file(tower)["body.0.0.weight"])
+    assert not torch.equal(weights["shapes_vqa_caption_tower"][key], weights["shapes_vqa_caption"][key])
+    torch.testing.assert_close(weights["shapes_vqa_qa"][key], weights["shapes_vqa_caption_tower"][key])
+    metrics = json.loads((tmp_path / "shapes_vqa_qa" / "eval" / "test_metrics.json").read_text())
+    assert {"accuracy/colour", "prior/shape"} <= set(metrics)

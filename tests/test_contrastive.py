@@ -107,10 +107,11 @@ def test_the_caption_first_route_runs_through_its_three_configs(tmp_path, capsys
     assert main(["pretrain-tower", "-c", "shapes_vqa_tower", *common, *SMALL]) == 0
     tower = str(tmp_path / "shapes_vqa_tower" / "tower.safetensors")
     steps = [*SMALL[:2], "--set", "train.max_steps=2", "--set", "train.threads=1", "--set", "train.eval_limit=4"]
+    no_validation = ["--set", "train.eval_every=0"]
     chain = [
         ("shapes_vqa_caption", ["--set", f"modalities.image.encoder_args.weights={tower}"]),
         ("shapes_vqa_caption_tower", ["--set", f"init_from={tmp_path / 'shapes_vqa_caption'}"]),
-        ("shapes_vqa_qa", ["--set", f"init_from={tmp_path / 'shapes_vqa_caption_tower'}", "--set", "train.eval_every=0"]),
+        ("shapes_vqa_qa", ["--set", f"init_from={tmp_path / 'shapes_vqa_caption_tower'}", *no_validation]),
     ]
     for config, sets in chain:
         assert main(["train", "-c", config, *common, *steps, *sets]) == 0, config

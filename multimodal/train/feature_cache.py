@@ -46,17 +46,23 @@ class FeatureCache:
         return len(self._store)
 
     @staticmethod
-    def key(item: torch.Tensor, mask: torch.Tensor | None) -> bytes:
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(str((tuple(item.shape), item.dtype)).encode())
-        digest.update(item.detach().contiguous().cpu().numpy().tobytes())
-        if mask is not None:
-            digest.update(mask.detach().contiguous().cpu().numpy().tobytes())
-        return digest.digest()
+    def keys(inputs: torch.Tensor, mask: torch.Tensor | None) -> list[bytes]:
+        """One digest per item of (n, ...) `inputs` (and its mask row), from one copy of the batch to the host."""
+        host = inputs.detach().contiguous().cpu().numpy()
+        rows = None if mask is None else mask.detach().contiguous().cpu().numpy()
+        out = []
+        for i in range(host.shape[0]):
+            digest = hashlib.blake2b(digest_size=16)
+            digest.update(f"{host[i].shape} {host[i].dtype}".encode())
+            digest.update(host[i].tobytes())
+            if rows is not None:
+                digest.update(rows[i].tobytes())
+            out.append(digest.digest())
+        return out
 
     def __call__(self, encoder: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(n, ...) inputs -> (n, N, C) features, new items encoded in one eval-mode, no-grad forward."""
-        keys = [self.key(inputs[i], None if mask is None else mask[i]) for i in range(inputs.shape[0])]
+        keys = self.keys(inputs, mask)
         missing = [i for i, k in enumerate(keys) if k not in self._store]
         if missing:
             was_training = encoder.training

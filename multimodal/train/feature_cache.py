@@ -4,7 +4,7 @@
 LLaDA-V's first stage, and any stage that keeps the vision tower frozen, runs the same tower over the
 same images every epoch: the tower's forward is then pure overhead. On the embedded shapes data (a
 0.1M-parameter convolutional tower at 64 px, a 1M-parameter backbone, 2 CPU threads) keeping its outputs
-makes LLaDA-V's stage 1 2.0x and a frozen-tower question step 1.8x faster, and such a step then costs a
+makes LLaDA-V's stage 1 1.9x and a frozen-tower question step 2.0x faster, and such a step then costs a
 third of one that trains the tower (benchmarks/RESULTS.md).
 
 Items are keyed by their content (a BLAKE2 digest of the preprocessed tensor's bytes, and of its mask

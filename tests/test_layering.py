@@ -27,8 +27,11 @@ def files(package: str):
     return sorted((ROOT / package).rglob("*.py"))
 
 
-def test_encoders_import_only_third_party_the_registry_and_safe_io():
-    standalone = ("multimodal.registry", "multimodal.safeio")  # modules that import nothing of the project
+STANDALONE = ("multimodal.registry", "multimodal.safeio", "multimodal.assets")  # import nothing else of the project
+
+
+def test_encoders_import_only_third_party_the_registry_safe_io_and_assets():
+    standalone = STANDALONE
     for f in files("encoders"):
         bad = {n for n in imports_of(f) if top(n) == "tasks" or (top(n) == "multimodal" and n not in standalone)}
         assert not bad, f"{f} imports {bad}"
@@ -44,7 +47,7 @@ def test_multimodal_never_imports_tasks_outside_the_application_layer():
 
 
 def test_tasks_import_only_types_sampling_registry_and_encoders():
-    allowed = ("multimodal.types", "multimodal.sampling", "multimodal.registry")
+    allowed = ("multimodal.types", "multimodal.sampling", *STANDALONE)
     for f in files("tasks"):
         for n in imports_of(f):
             if top(n) == "multimodal":
@@ -58,9 +61,10 @@ def test_backbone_imports_neither_diffusion_nor_sampling():
 
 
 def test_standalone_modules_import_nothing_of_the_project():
-    for name in ("registry", "safeio"):
+    for name in STANDALONE:
+        path = ROOT / Path(*name.split(".")).with_suffix(".py")
         assert not {
-            n for n in imports_of(ROOT / "multimodal" / f"{name}.py") if top(n) in ("multimodal", "tasks", "encoders")
+            n for n in imports_of(path) if top(n) in ("multimodal", "tasks", "encoders") and n not in STANDALONE
         }
 
 

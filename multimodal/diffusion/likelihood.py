@@ -152,3 +152,51 @@ def rolling_perplexity(
         pos = end
     nll = total / n
     return Perplexity(math.exp(nll), nll, math.sqrt(var) / n, n, windows)
+
+
+@torch.no_grad()
+def batch_elbo(
+    logits_fn: LogitsFn,
+    input_ids: torch.Tensor,
+    maskable: torch.Tensor,
+    mask_id: int,
+    draws: int = 16,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Monte-Carlo ELBO of each row's maskable tokens given the rest of the row, for a whole batch.
+
+    The estimator of `elbo` row by row: per draw, row i masks k_i of its n_i maskable tokens (k_i
+    stratified over 1..n_i across the draws from a random offset per row) and scores them with weight
+    n_i / k_i; one forward per draw covers every row, so rows of different lengths and contexts (a
+    peptide under each of several MHC chains) are scored together.
+
+    Args:
+        logits_fn: (B, L) token ids -> (B, L, V) logits (padding and media as the caller's batch has them).
+        input_ids: (B, L) clean ids.
+        maskable: (B, L) bool, the tokens scored (each row at least one).
+        mask_id: mask token id.
+        draws: masked copies per row.
+        generator: CPU generator of the counts and masks.
+
+    Returns:
+        (B,) ELBO estimates in nats and (B,) standard errors from the draws' spread (conservative: the
+        stratified draws are less variable than independent ones).
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    n = maskable.sum(1).cpu()  # (B,)
+    if bool((n == 0).any()):
+        raise ValueError("every row needs at least one maskable token to score")
+    k0 = (torch.rand(n.shape, generator=generator) * n).long() + 1  # uniform in 1..n_i
+    values = []
+    for j in range(draws):
+        k = (torch.floor(k0 + j * (n / draws) + 0.5).long() - 1) % n + 1  # (B,)
+        scores = torch.rand(maskable.shape, generator=generator)
+        scores[~maskable.cpu()] = 2.0  # never chosen
+        is_mask = (scores.argsort(1).argsort(1) < k[:, None]).to(input_ids.device)  # (B, L)
+        xt = torch.where(is_mask, torch.full_like(input_ids, mask_id), input_ids)
+        logp = -F.cross_entropy(logits_fn(xt).float().transpose(1, 2), input_ids, reduction="none")  # (B, L)
+        values.append(((logp * is_mask).sum(1) * (n.to(logp.device) / k.to(logp.device))).double().cpu())
+    stacked = torch.stack(values)  # (draws, B)
+    stderr = stacked.std(0, unbiased=True) / math.sqrt(draws) if draws > 1 else torch.full_like(stacked[0], math.nan)
+    return stacked.mean(0), stderr

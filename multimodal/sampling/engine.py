@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from multimodal.diffusion.likelihood import batch_elbo
 from multimodal.sampling.base import Sampler, SamplerConfig, SpecialIds, StepInfo, create_sampler
 from multimodal.sampling.generate import generate, infill
 from multimodal.types import ModalityIO, PromptBatch, SampleOutput
@@ -183,6 +184,23 @@ class Engine:
             **media.kwargs,
         )
         return self.model.head(out.hidden_states).float()
+
+    @torch.no_grad()
+    def elbo(
+        self, batch: Any, draws: int = 16, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) Monte-Carlo ELBO (nats) of each row's maskable tokens given the rest, and its standard error.
+
+        `batch` is a MultimodalBatch holding the clean sequences; media are encoded once for all draws
+        (multimodal/diffusion/likelihood.py, `batch_elbo`).
+        """
+        media = self.encode(batch)
+
+        def logits_fn(xt: torch.Tensor) -> torch.Tensor:
+            return self.logits(replace(batch, input_ids=xt), media)
+
+        ids = batch.input_ids.to(self.device)
+        return batch_elbo(logits_fn, ids, batch.maskable, self.special.mask_id, draws, generator)
 
     def text(self, ids: Sequence[int]) -> str:
         """Answer text of generated ids: everything before the first EOS (or EoT), special tokens dropped."""

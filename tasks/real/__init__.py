@@ -1,0 +1,5 @@
+"""Real data sets read from pinned registry artefacts (multimodal/assets.py): readers and split builders.
+
+Importing the package registers their assets (``mmdiff assets list``)."""
+
+from tasks.real import peptide_mhc  # noqa: F401  (registers mhcnuggets and mhcseqs)

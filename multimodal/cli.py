@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from multimodal.config import ConfigError, dump
 
@@ -163,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, quiet_lightning=args.command == "train")
     try:
         return _dispatch(args)
+    except ModuleNotFoundError as err:
+        print(f"mmdiff {args.command}: error: {missing_extra(err)}", file=sys.stderr)
+        return 2
     except (ConfigError, FileNotFoundError, KeyError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"mmdiff {args.command}: error: {message}", file=sys.stderr)
@@ -174,6 +178,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"mmdiff {args.command}: stopped: {err}", file=sys.stderr)
         return 1
+
+
+# Top-level modules of the optional dependencies and the extra (pyproject.toml) that installs each.
+EXTRAS = {
+    "transformers": "text",
+    "tokenizers": "text",
+    "torchvision": "vision",
+    "timm": "vision",
+    "open_clip": "vision",
+    "PIL": "vision",
+    "webdataset": "vision",
+    "torchaudio": "audio",
+    "soundfile": "audio",
+    "jiwer": "audio",
+    "whisper_normalizer": "audio",
+    "espeakng_loader": "audio",
+    "esm": "protein",
+    "pyhmmer": "protein",
+    "parasail": "protein",
+    "Bio": "protein",
+    "antiberty": "protein",
+    "tensorboard": "observe",
+    "matplotlib": "observe",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "lm_eval": "eval",
+    "lmms_eval": "lmms",
+}
+
+
+def missing_extra(err: ModuleNotFoundError) -> str:
+    """One line naming the extra that installs the missing module (or the module, for anything else)."""
+    name = (err.name or "").split(".")[0]
+    extra = EXTRAS.get(name)
+    if extra is None:
+        return f"the Python module {err.name!r} is not installed"
+    return f"this needs {name!r}, which the mmdiff[{extra}] extra installs: pip install -e '.[{extra}]' (or '.[all]')"
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -321,7 +363,7 @@ def _sample(run, args: argparse.Namespace) -> int:
             ids = out.generated[i].tolist()
             tokens = [run.tokenizer.decode([t], skip_special=False) for t in ids]
             path = save_denoising_order(
-                run.folder / "samples" / f"steps_{i}.png",
+                fresh_path(run.folder / "samples" / f"steps_{i}.png"),
                 tokens,
                 out.commit_step[i].tolist(),
                 title=f"{prompt} -> {text}",
@@ -492,11 +534,22 @@ def _task_command(run, args: argparse.Namespace) -> int:
     if result.metrics is not None:
         _print_metrics(result.metrics)
     for name, text in result.files.items():
-        path = run.folder / name
+        path = fresh_path(run.folder / name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote: {path}")
     return 0
+
+
+def fresh_path(path: Path) -> Path:
+    """`path`, or the first of ``<stem>-2<suffix>``, ``-3``, ... that does not exist: a command's output never
+    replaces an earlier one."""
+    n = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
 
 
 def _print_metrics(metrics: dict) -> None:

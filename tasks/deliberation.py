@@ -188,6 +188,8 @@ def read_hypotheses(task: Task, path: Path, split: str | None) -> tuple[list[dic
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
+    if not rows:
+        raise ValueError(f"{path} holds no hypotheses: nothing to deliberate")
     known = {lay.meta.get("id"): lay for lay in task.eval_layouts(split)} if split else {}
     layouts, hyps, refs = [], [], []
     for n, row in enumerate(rows, start=1):

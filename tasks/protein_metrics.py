@@ -41,7 +41,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 STANDARD = frozenset("ACDEFGHIKLMNPQRSTVWY")
-_NOT_IN_MATRIX = re.compile(r"[^ACDEFGHIKLMNPQRSTVWYBZX]")
+_NOT_IN_MATRIX = re.compile(r"[^ACDEFGHIKLMNPQRSTVWY]")
 ASC_GAP = 10
 IDENTITY_GAP_OPEN, IDENTITY_GAP_EXTEND = 11, 1
 
@@ -151,7 +151,8 @@ def masked_token_metrics(logits: torch.Tensor, x0: torch.Tensor, masked: torch.T
 
 
 def _for_matrix(seq: str) -> str:
-    """Upper-case; letters BLOSUM62 lacks (U, O, anything else) become X, as DSM's sanitiser does."""
+    """Upper-case; every letter outside the 20 canonical amino acids (B, Z, U, O, X, anything else) becomes X,
+    as DSM's scorer does (BLOSUM62 has rows for B and Z, but DSM does not use them)."""
     return _NOT_IN_MATRIX.sub("X", seq.upper())
 
 

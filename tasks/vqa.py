@@ -55,6 +55,8 @@ class VQAConfig(TaskConfig):
         turns, history, mode, text_only: layout choices (module docstring).
         bad_records: ``skip`` (count and drop) or ``fail`` (raise naming the record).
         max_examples: cap per split (None: all).
+        vqa_eval: the official VQAv2 script's version for human answers: ``2021`` (current) or ``2016``
+            (before March 2021); tasks/vqa_normalise.py.
     """
 
     name: str = "vqa"
@@ -69,6 +71,7 @@ class VQAConfig(TaskConfig):
     text_only: bool = False
     bad_records: Literal["skip", "fail"] = "skip"
     max_examples: int | None = None
+    vqa_eval: Literal["2021", "2016"] = "2021"
 
 
 def embedded_dataset(cfg: VQAConfig) -> Path:
@@ -212,7 +215,7 @@ class VQATask(Task):
 
     def metrics(self, predictions: Sequence[str], layouts: Sequence[Layout]) -> dict[str, Any]:
         types = [lay.meta.get("question_type", "all") for lay in layouts]
-        report = vqa_report(predictions, [lay.answer for lay in layouts], types)
+        report = vqa_report(predictions, [lay.answer for lay in layouts], types, self.config.vqa_eval)
         prior = self.answer_prior(layouts)
         out: dict[str, Any] = {
             "accuracy": report["accuracy"],

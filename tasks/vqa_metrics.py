@@ -2,7 +2,8 @@
 
 Answer processing and the accuracy against several human answers are the official evaluation's,
 rule for rule (tasks/vqa_normalise.py: the unanimous-answer rule, its punctuation set and
-delete-or-space rule, its contraction table, leave-one-out averaging for any number of answers).
+delete-or-space rule, its contraction table, leave-one-out averaging for any number of answers), in
+the current script's version (``2021``) by default or the earlier one (``2016``) by name.
 A single reference string (our own data sets have one exact answer per question) scores as exact
 match after processing both sides as the script processes a prediction; the official script has no
 such case (one answer leaves no one out to agree with). Closed accuracy counts every yes/no
@@ -22,20 +23,21 @@ __all__ = ["closed_accuracy", "exact_match", "is_closed", "normalize_answer", "v
 Reference = str | Sequence[str]  # one answer, or the answers of several human annotators
 
 
-def vqa_soft_accuracy(prediction: str, human_answers: Reference) -> float:
+def vqa_soft_accuracy(prediction: str, human_answers: Reference, version: str = "2021") -> float:
     """VQA accuracy of one prediction against human answers (module docstring).
 
     Args:
         prediction: the model's answer.
         human_answers: the annotators' answers (10 in VQAv2), or a single reference string, which
             scores like exact match after processing both.
+        version: the official script's version for human answers, ``2021`` or ``2016``.
 
     Returns:
         The official accuracy: the mean over annotators of min(1, #other annotators agreeing / 3).
     """
     if isinstance(human_answers, str):
         return float(normalize_answer(prediction) == normalize_answer(human_answers))
-    return official_accuracy(prediction, human_answers)
+    return official_accuracy(prediction, human_answers, version)
 
 
 def _majority(reference: Reference) -> str:
@@ -89,7 +91,10 @@ def closed_accuracy(predictions: Sequence[str], references: Sequence[Reference])
 
 
 def vqa_report(
-    predictions: Sequence[str], references: Sequence[Reference], question_types: Sequence[str] | None = None
+    predictions: Sequence[str],
+    references: Sequence[Reference],
+    question_types: Sequence[str] | None = None,
+    version: str = "2021",
 ) -> dict:
     """Scores of a VQA evaluation.
 
@@ -97,6 +102,7 @@ def vqa_report(
         predictions: model answers, one per question.
         references: per question a reference string or a list of human answers.
         question_types: per question a type name (e.g. ``colour``, ``count``), or None.
+        version: the official script's version (``2021`` or ``2016``), named in the report.
 
     Returns:
         ``{"accuracy", "exact_match", "closed_accuracy", "n", "n_closed", "per_type": {type:
@@ -106,7 +112,7 @@ def vqa_report(
     _check(predictions, references)
     if question_types is not None and len(question_types) != len(references):
         raise ValueError(f"{len(question_types)} question types for {len(references)} references")
-    scores = [vqa_soft_accuracy(p, r) for p, r in zip(predictions, references, strict=True)]
+    scores = [vqa_soft_accuracy(p, r, version) for p, r in zip(predictions, references, strict=True)]
     n_closed = sum(is_closed(r) for r in references)
     report = {
         "accuracy": sum(scores) / len(scores),
@@ -114,6 +120,7 @@ def vqa_report(
         "closed_accuracy": closed_accuracy(predictions, references) if n_closed else None,
         "n": len(scores),
         "n_closed": n_closed,
+        "vqa_eval": version,
         "per_type": {},
     }
     if question_types is not None:

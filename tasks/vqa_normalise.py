@@ -1,15 +1,29 @@
 """VQAv2 answer processing and accuracy, rule for rule as the official evaluation script (vqaEval.py).
 
 The official script (Antol et al. 2015; Goyal et al. 2017) scores a prediction against the human
-answers of one question as follows, and so does this module:
+answers of one question. Two versions of it are in use, and both are here (`official_accuracy`'s
+`version`):
 
-1. The prediction: newlines and tabs become spaces, outer whitespace is stripped, then
-   `process_punctuation`, then `process_digit_article`.
-2. The human answers are left as they are when all of them are the same string (the unanimous-
-   answer rule); otherwise each one goes through `process_punctuation` only. (The released
-   annotations were normalised when the data set was built, which is why the script does no more.)
-3. Accuracy: for each human answer, min(1, #other answers equal to the prediction / 3); the mean
-   over all of them (leave-one-out averaging, for any number of answers).
+``2021`` (the default: the script as fixed in March 2021, GT-Vision-Lab/VQA commit a013f00 of
+PythonEvaluationTools/vqaEvaluation/vqaEval.py, the version lmms-eval follows):
+
+1. Newlines and tabs become spaces and outer whitespace is stripped, in the prediction and in every
+   human answer.
+2. When the human answers disagree (more than one distinct string), each of them and the prediction
+   go through `process_punctuation` then `process_digit_article`; when they are unanimous nothing is
+   processed (the maintainers' reason: answers that read text in the image stay verbatim), so
+   ``"Yes."`` against ten ``"yes"`` scores 0.
+
+``2016`` (the script from 2016 to March 2021, e.g. commit c4e6a0e, which earlier published numbers
+used):
+
+1. The prediction: whitespace as above, then `process_punctuation`, then `process_digit_article`,
+   always.
+2. The human answers are left as they are when all of them are the same string; otherwise each one
+   goes through `process_punctuation` only.
+
+Both: accuracy is, for each human answer, min(1, #other answers equal to the prediction / 3), averaged
+over all of them (leave-one-out averaging, for any number of answers).
 
 `process_punctuation`: each mark of `PUNCTUATION` is deleted when it touches a space anywhere in the
 answer (``"red ,blue"``), or when the answer holds a digit-comma-digit (``"1,000"``), and is replaced
@@ -191,27 +205,38 @@ def process_digit_article(text: str) -> str:
 
 
 def normalize_answer(answer: str) -> str:
-    """The official processing of a predicted answer ("Two dogs!" -> "2 dogs", "a dog." -> "dog")."""
-    text = answer.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(text))
+    """The official processing of an answer ("Two dogs!" -> "2 dogs", "a dog." -> "dog")."""
+    return process_digit_article(process_punctuation(_clean(answer)))
 
 
-def official_accuracy(prediction: str, human_answers: Sequence[str]) -> float:
+def _clean(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def official_accuracy(prediction: str, human_answers: Sequence[str], version: str = "2021") -> float:
     """VQA accuracy of one prediction against a question's human answers, as the official script.
 
     Args:
         prediction: the model's answer (processed here).
-        human_answers: the annotators' answers (10 in VQAv2), processed only when they disagree.
+        human_answers: the annotators' answers (10 in VQAv2).
+        version: ``2021`` (the current script) or ``2016`` (the script before March 2021); module docstring.
 
     Returns:
         The mean over annotators i of min(1, #{j != i : answer_j == prediction} / 3).
     """
     if len(human_answers) == 0:
         raise ValueError("no human answers to score against")
-    pred = normalize_answer(prediction)
-    answers = list(human_answers)
-    if len(set(answers)) > 1:
-        answers = [process_punctuation(a) for a in answers]
+    if version == "2021":
+        pred, answers = _clean(prediction), [_clean(a) for a in human_answers]
+        if len(set(answers)) > 1:
+            answers = [process_digit_article(process_punctuation(a)) for a in answers]
+            pred = process_digit_article(process_punctuation(pred))
+    elif version == "2016":
+        pred, answers = normalize_answer(prediction), list(human_answers)
+        if len(set(answers)) > 1:
+            answers = [process_punctuation(a) for a in answers]
+    else:
+        raise ValueError(f"unknown VQA evaluation version {version!r}; known: 2021, 2016")
     agree = [a == pred for a in answers]
     total = sum(agree)
     # leaving out annotator i leaves total - agree[i] agreeing annotators among the others

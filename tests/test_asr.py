@@ -208,6 +208,13 @@ def test_cli_transcribes_one_file(tmp_path, capsys):
         assert report["utterances"] == 6 and report["text_only"] == bool(flag) and "wer_after" in report
         name = "deliberation_low_confidence" + ("_text_only" if flag else "")
         assert [Path(w.strip()).name for w in wrote] == [f"{name}.jsonl", f"{name}_metrics.json"]
+    again = ["deliberate", "--run", str(tmp_path / "spoken_asr"), "--hypotheses", str(predictions)]
+    assert main(again) == 0  # the same command again: new files beside the first ones
+    assert "deliberation_low_confidence-2.jsonl" in capsys.readouterr().out
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert main(["deliberate", "--run", str(tmp_path / "spoken_asr"), "--hypotheses", str(empty)]) == 2
+    assert "holds no hypotheses" in capsys.readouterr().err
     clip = tmp_path / "clip.flac"
     clip.write_bytes(flac(1.0))
     assert main(["sample", "--run", str(tmp_path / "spoken_asr"), "--audio", str(clip), "--prompt", "x"]) == 0

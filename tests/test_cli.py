@@ -62,6 +62,12 @@ def test_train_eval_sample(tmp_path, capsys):
     assert (
         f"wrote: {run / 'eval' / 'test_limit-4_steps-4_stop_at_eos-False_predictions.jsonl'}" in capsys.readouterr().out
     )
+    before = (run / "eval" / "test_metrics.json").read_text()
+    assert main(["eval", "--run", str(run), "--set", "task.test_size=3"]) == 0  # another task setting
+    changed = [p for p in (run / "eval").glob("test_cfg-*_metrics.json")]
+    assert len(changed) == 1 and (run / "eval" / "test_metrics.json").read_text() == before  # nothing replaced
+    assert json.loads(changed[0].read_text())["changed_settings"] == {"task.test_size": 3}
+    capsys.readouterr()
     assert main(["train", "-c", "digits_reverse", *small(tmp_path)]) == 0  # the same folder again: a new one
     assert f"run folder: {tmp_path / 'digits_reverse-2'}" in capsys.readouterr().out
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3  # the first run's curve is untouched
@@ -70,6 +76,9 @@ def test_train_eval_sample(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("1234= -> ") and "denoising order" in out
     assert (run / "samples" / "steps_0.png").is_file()
+    first = (run / "samples" / "steps_0.png").read_bytes()
+    assert main(["sample", "--run", str(run), "--prompt", "98=", "--show-steps"]) == 0
+    assert (run / "samples" / "steps_0-2.png").is_file() and (run / "samples" / "steps_0.png").read_bytes() == first
     assert main(["sample", "--run", str(run), "--prompt", "12a4x="]) == 0
     assert "'a', 'x' in '12a4x=' are not in the run's vocabulary" in capsys.readouterr().err
 
@@ -107,3 +116,19 @@ def test_validation_between_logging_steps_reaches_the_curve(tmp_path, capsys):
 
     with Image.open(run / "curves.png") as image:
         assert image.size[1] == round(PANEL_SIZE[1] * 100 * 3)  # loss, validation and throughput panels
+
+
+def test_a_missing_optional_module_names_its_extra(monkeypatch, capsys):
+    import multimodal.cli as cli
+
+    def dispatch(args):
+        raise ModuleNotFoundError("No module named 'fastapi'", name="fastapi")
+
+    monkeypatch.setattr(cli, "_dispatch", dispatch)
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "mmdiff list: error: this needs 'fastapi', which the mmdiff[serve] extra installs: "
+        "pip install -e '.[serve]' (or '.[all]')"
+    ]
+    assert "extra" not in cli.missing_extra(ModuleNotFoundError("x", name="left_pad"))

@@ -85,6 +85,8 @@ def test_peptide_split_is_a_function_of_the_peptide():
     assert splits != [peptide_split(p, (0.8, 0.1, 0.1), 1) for p in peptides]  # the seed moves peptides
     with pytest.raises(ValueError, match="fractions"):
         PeptideMHCConfig(fractions=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="chain must be"):
+        PeptideMHCConfig(chain="pocket")
 
 
 def test_the_real_wheels_build_a_leak_free_split(tmp_path):
@@ -110,6 +112,21 @@ def test_the_real_wheels_build_a_leak_free_split(tmp_path):
     total_kb = sum(sum(manifest["counts"][s]["H2-K*b"].values()) for s in ("train", "validation", "test"))
     assert total_kb == 4925  # distinct H-2Kb peptides in the table
     assert json.loads((tmp_path / "manifest.json").read_text())["pairs"] == manifest["pairs"]
+
+    short = write_peptide_mhc_dataset(tmp_path / "polymorphic", PeptideMHCConfig(chain="polymorphic"))
+    positions = short["polymorphic_positions"]
+    assert 0 < len(positions) < 182 and set(short["chains"].values()) == {len(positions)}
+    grooves = {}
+    for line in (tmp_path / "train_pairs.tsv").read_text().splitlines()[1:]:
+        seq, _, _, allele, _ = line.split("\t")
+        grooves[allele] = seq
+    assert all(len({g[p - 1] for g in grooves.values()}) > 1 for p in positions)  # each one differs somewhere
+    for split in ("train", "test"):
+        full = [line.split("\t")[1:4] for line in (tmp_path / f"{split}_pairs.tsv").read_text().splitlines()]
+        cut = [
+            line.split("\t")[1:4] for line in (tmp_path / "polymorphic" / f"{split}_pairs.tsv").read_text().splitlines()
+        ]
+        assert full == cut  # the same peptides, labels and alleles; only the chain is shorter
 
 
 def test_motif_tools_by_hand():
@@ -187,7 +204,7 @@ def test_task_measures_on_a_tiny_model(tmp_path):
     from tasks.peptide_mhc import PeptideMHCTask, PeptideMHCTaskConfig
 
     folder = _tiny_folder(tmp_path)
-    task = PeptideMHCTask(PeptideMHCTaskConfig(data=str(folder), generate_per_allele=12, elbo_draws=3))
+    task = PeptideMHCTask(PeptideMHCTaskConfig(data=str(folder), generate_per_target=12, elbo_draws=3))
     assert all(p.label == 1 for p in task.examples("train")) and len(task.measurements("test")) == 8
     torch.manual_seed(0)
     engine = Engine(ESMDiffusion(build_esm2(*ESM_PRESETS["esm2_tiny"])), ESMTokenizer(), batch_size=8)
@@ -200,17 +217,17 @@ def test_task_measures_on_a_tiny_model(tmp_path):
         engine, task, [layouts[0].prompt] * 5, 9, {"temperature": 1.0, "step_divisor": 1, "remasking": "random"}
     )
     assert len(samples) == 5 and all(len(s) == 9 and set(s) <= set("ACDEFGHIKLMNPQRSTVWY") for s in samples)
-    controls = task.shuffled_alleles(["A1"] * 50, seed=0)
+    controls = task.shuffled_targets(["A1"] * 50, seed=0)
     assert set(controls) == {"A2", "A3"}
 
     metrics = task.evaluate(engine, "test").metrics
     rec = metrics["reconstruction"]
     assert rec["binders"] == 6 and 0 <= rec["accuracy_control"] <= 1 and math.isfinite(rec["gap_se"])
-    gen = metrics["generation"]["per_allele"]
+    gen = metrics["generation"]["per_target"]
     assert gen == {} and set(metrics["generation"]["skipped"]) == {"A1", "A2", "A3"}  # fewer than 10 held out
     ranking = metrics["ranking"]
-    assert ranking["measurements"] == 8
-    for allele, row in ranking["per_allele"].items():
+    assert ranking["pairs"] == 8 and set(ranking["per_target"]) == {"A1", "A2"}  # A3 has no held-out non-binder
+    for allele, row in ranking["per_target"].items():
         assert 0 <= row["auroc_pssm"] <= 1 and 0 <= row["auroc_elbo"] <= 1, allele
 
 
@@ -225,7 +242,7 @@ def test_cli_trains_peptide_mhc_for_two_steps(tmp_path, capsys):
         "train.batch_size=4",
         "train.threads=1",
         "dsm.preset=esm2_tiny",
-        "task.generate_per_allele=4",
+        "task.generate_per_target=4",
         "task.elbo_draws=2",
     ]
     assert main(["train", "-c", "peptide_mhc_dsm", *[a for s in sets for a in ("--set", s)]]) == 0

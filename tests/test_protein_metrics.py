@@ -41,8 +41,10 @@ def test_asc_hand_computed():
     assert alignment_score("MKV", "MRV") == pytest.approx(3 / (14 - 11 + 3))
     assert alignment_score("MKVLAG", "MKVLAG") == 1.0
     assert mean_alignment_score(["MKV", "MKV"], ["MV", "MKV"]) == pytest.approx((3 / 18 + 1) / 2)
-    # letters outside BLOSUM62 are scored as X (DSM's sanitiser)
+    # every letter outside the 20 canonical ones is scored as X (DSM's scorer), B and Z included
     assert nw_score("MUK", "MXK") == nw_score("MXK", "MXK")
+    assert nw_score("MBKZ", "MDKE") == nw_score("MXKX", "MDKE") != 5 + 4 + 5 + 4  # BLOSUM62's own B/D, Z/E rows
+    assert alignment_score("ABCZW", "ADCEW") == alignment_score("AXCXW", "ADCEW")
 
 
 def test_nw_score_matches_biopython():

@@ -10,6 +10,7 @@ import torch
 from encoders.protein import ESM_PRESETS, MaskedLMEncoder, build_esm2, load_esm2
 from multimodal.backbone.esm import ESMDiffusion
 from multimodal.sampling import SpecialIds, create_sampler, infill, sampler_config_class
+from multimodal.sampling.base import SamplerError
 from multimodal.tokenizer import ESMTokenizer
 
 TRASTUZUMAB_VH = (
@@ -109,6 +110,26 @@ def test_dsm_sampler_steps_inpainting_and_forbidden_tokens():
     keep = masked != tok.mask_id
     assert torch.equal(out.sequences[keep], ids[keep])  # inpainting keeps every given residue
     assert set(out.sequences[0, 3:15].tolist()) <= set(tok.residue_ids())  # specials never sampled
+
+
+def test_dsm_steps_from_the_row_or_from_the_whole_batch():
+    torch.manual_seed(0)
+    tok = ESMTokenizer()
+    model = ESMDiffusion(build_esm2(*ESM_PRESETS["esm2_tiny"]).eval())
+    ids = tokens(tok, ["MKTAYIAKQRQISFVKSHFS", "MKTAYIAKQRQISFVKSHFS"])
+    masked = ids.clone()
+    masked[0, 3:15] = tok.mask_id  # 12 masks
+    masked[1, 3:7] = tok.mask_id  # 4 masks
+    special = SpecialIds(tok.mask_id, tok.eos_id)
+    nfe = {}
+    for steps_from in ("row", "batch"):
+        cfg = sampler_config_class("dsm")(name="dsm", step_divisor=4, steps_from=steps_from)
+        out = infill(model, masked, create_sampler(cfg), special, generator=torch.Generator().manual_seed(0))
+        assert not (out.sequences == tok.mask_id).any()  # every row filled, the 4-mask row over more steps too
+        nfe[steps_from] = out.nfe
+    assert nfe == {"row": 3, "batch": 4}  # max(1, 12 // 4) vs max(1, (12 + 4) // 4), as DSM's release counts
+    with pytest.raises(SamplerError, match="steps_from"):
+        sampler_config_class("dsm")(name="dsm", steps_from="all")
 
 
 def dsm_folder(folder, token_dropout=True, seed=0):

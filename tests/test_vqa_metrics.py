@@ -58,14 +58,31 @@ def test_soft_accuracy_other_counts_and_single_reference():
         vqa_soft_accuracy("yes", [])
 
 
-def test_official_rules_for_human_answers():
+def test_official_rules_for_human_answers_2016():
     # unanimous answers are compared as they are; the prediction is still processed
-    assert vqa_soft_accuracy("two", ["Two"] * 10) == 0.0
-    assert vqa_soft_accuracy("2", ["2"] * 10) == 1.0
+    assert vqa_soft_accuracy("two", ["Two"] * 10, "2016") == 0.0
+    assert vqa_soft_accuracy("2", ["2"] * 10, "2016") == 1.0
+    assert vqa_soft_accuracy("Yes.", ["yes"] * 10, "2016") == 1.0
     # disagreeing answers get the punctuation rule only: "Two" stays a word, "yes!" keeps its space
-    assert vqa_soft_accuracy("two", ["Two"] * 9 + ["2"]) == pytest.approx(0.3)
-    assert vqa_soft_accuracy("yes", ["yes!"] * 9 + ["no"]) == 0.0
-    assert vqa_soft_accuracy("black and white", ["black-and-white"] * 4 + ["grey"] * 6) == 1.0
+    assert vqa_soft_accuracy("two", ["Two"] * 9 + ["2"], "2016") == pytest.approx(0.3)
+    assert vqa_soft_accuracy("yes", ["yes!"] * 9 + ["no"], "2016") == 0.0
+    assert vqa_soft_accuracy("black and white", ["black-and-white"] * 4 + ["grey"] * 6, "2016") == 1.0
+
+
+def test_official_rules_for_human_answers_2021():
+    # unanimous answers: nothing is processed on either side, only outer whitespace goes
+    assert vqa_soft_accuracy("Yes.", ["yes"] * 10) == 0.0
+    assert vqa_soft_accuracy(" yes\n", ["yes "] * 10) == 1.0
+    assert vqa_soft_accuracy("two", ["Two"] * 10) == 0.0
+    # disagreeing answers: both sides get punctuation and digits / articles
+    assert vqa_soft_accuracy("two", ["Two"] * 9 + ["2"]) == 1.0  # every answer reads "2"
+    assert vqa_soft_accuracy("yes", ["yes!"] * 9 + ["no"]) == 1.0  # "yes!" -> "yes": nine agree
+    assert vqa_soft_accuracy("A dog", ["the dog"] * 2 + ["cat"] * 8) == pytest.approx((2 * (1 / 3) + 8 * (2 / 3)) / 10)
+    with pytest.raises(ValueError, match="unknown VQA evaluation version '2019'"):
+        vqa_soft_accuracy("yes", ["yes", "no"], "2019")
+    report = vqa_report(["Yes."], [["yes"] * 10], None, "2016")
+    assert report["accuracy"] == 1.0 and report["vqa_eval"] == "2016"
+    assert vqa_report(["Yes."], [["yes"] * 10])["accuracy"] == 0.0
 
 
 def test_closed_accuracy_counts_non_yes_no_answers_as_wrong():

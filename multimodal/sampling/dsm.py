@@ -1,10 +1,13 @@
 """The DSM sampler (protein sequences): steps from the number of masks, four remasking rules.
 
-Per block, the number of steps is max(1, masks // step_divisor) (the most masks of any row in the
-batch), and each step commits the block's masks spread evenly over them, so no mask is left for a
-final pass. Candidates are drawn with float64 Gumbel noise at `temperature` (DSM: 1.0 gives the
-most natural amino-acid composition) and never from `forbid_ids` (cls / eos / pad / mask and other
-non-residue tokens). Which candidates go first:
+Per block, the number of steps is max(1, masks // step_divisor) with masks the most masks of any row of
+the batch (``steps_from: row``, the default: a row decodes in the same number of steps alone or in a
+batch), or, as DSM's released sampler counts them, all masks of the batch together (``steps_from:
+batch``: more steps the more rows, so a batched run depends on the batch's composition). Each step
+commits each row's masks spread evenly over the steps, so no mask is left for a final pass. Candidates
+are drawn with float64 Gumbel noise at `temperature` (DSM: 1.0 gives the most natural amino-acid
+composition) and never from `forbid_ids` (cls / eos / pad / mask and other non-residue tokens). Which
+candidates go first:
 
 * ``random`` (DSM's default): uniformly random positions;
 * ``low_confidence``: the most probable candidates;
@@ -24,17 +27,21 @@ from multimodal.sampling.base import SAMPLERS, Sampler, SamplerConfig, SamplerEr
 
 @dataclass
 class DSMConfig(SamplerConfig):
-    """Attributes: step_divisor (steps = masks // divisor), remasking rule (forbid_ids: non-residues)."""
+    """Attributes: step_divisor (steps = masks // divisor), steps_from (``row``: the most masks of a row;
+    ``batch``: all masks of the batch, as released), remasking rule (forbid_ids: non-residues)."""
 
     name: str = "dsm"
     temperature: float = 1.0
     step_divisor: int = 1
+    steps_from: Literal["row", "batch"] = "row"
     remasking: Literal["random", "low_confidence", "low_logit", "dual"] = "random"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.step_divisor <= 0:
             raise SamplerError(f"step_divisor must be positive, got {self.step_divisor}")
+        if self.steps_from not in ("row", "batch"):
+            raise SamplerError(f"steps_from must be 'row' or 'batch', got {self.steps_from!r}")
 
 
 @SAMPLERS.register("dsm")
@@ -46,7 +53,8 @@ class DSMSampler(Sampler):
         return self.config.remasking in ("random", "dual")
 
     def steps_for(self, num_masked: torch.Tensor, block_length: int, steps_per_block: int) -> int:
-        return max(1, int(num_masked.max()) // self.config.step_divisor)
+        masks = num_masked.sum() if self.config.steps_from == "batch" else num_masked.max()
+        return max(1, int(masks) // self.config.step_divisor)
 
     def confidence(self, logits: torch.Tensor, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         rule = self.config.remasking

@@ -164,6 +164,7 @@ class Run:
     folder: Path
     rank: int = 0
     saved_sampler: Any = None  # a loaded run: the sampler config its checkpoint was saved with (before --set)
+    saved_config: Any = None  # a loaded run: the whole experiment config it was saved with (before --set)
 
     @property
     def modalities(self) -> dict[str, ModalityIO]:
@@ -223,7 +224,8 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> R
     tokenizer = load_tokenizer(tok_file if tok_file.is_file() else folder / "tokenizer")
     config = replace(config, init_from=None)
     run = build_run(config, tokenizer)
-    run.saved_sampler = experiment_from_text(text).sampler if overrides else config.sampler
+    run.saved_config = replace(experiment_from_text(text), init_from=None) if overrides else config
+    run.saved_sampler = run.saved_config.sampler
     load_weights(folder, run.model)
     # the run folder for its last checkpoint; an intermediate checkpoint keeps its evaluations to itself
     run.folder = folder.parent.parent if folder.name == "last" and folder.parent.name == "checkpoints" else folder

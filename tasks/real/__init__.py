@@ -2,4 +2,4 @@
 
 Importing the package registers their assets (``mmdiff assets list``)."""
 
-from tasks.real import peptide_mhc  # noqa: F401  (registers mhcnuggets and mhcseqs)
+from tasks.real import peptide_mhc, tcr_epitope  # noqa: F401  (register mhcnuggets, mhcseqs and tcrdist3)

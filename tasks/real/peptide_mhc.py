@@ -11,9 +11,17 @@ TensorFlow):
   counted as ``no chain in the package``, like every other non-mouse species.
 
 Each measurement becomes (allele, chain, peptide, IC50); IC50 below `binder_ic50` (500 nM, the usual
-cut-off) labels a binder. The chain is cut to its peptide-binding groove by default: the alpha-1 and
-alpha-2 domains, mature residues 1-182, the mature chain found at its conserved N-terminus
-(``G[PS]HS[LM]RYF``, after the 21-24-residue signal peptide). Rows of one (allele, peptide) measured
+cut-off) labels a binder. What stands for the chain (`chain`):
+
+* ``groove`` (default): the peptide-binding groove, the alpha-1 and alpha-2 domains, mature residues
+  1-182, the mature chain found at its conserved N-terminus (``G[PS]HS[LM]RYF``, after the 21-24-residue
+  signal peptide); every H-2 class I groove here is 182 residues, so they align position by position;
+* ``polymorphic``: only the groove positions where the alleles of the data set differ (66 of 182 for the
+  seven measured alleles; the classical pocket residues 9, 45, 62-81, 95-116, 152-171 among them), in
+  order. Conserved positions are the same for every allele and so carry no partner information in this
+  data set; dropping them makes each row 2.5x shorter, which is what fits the CPU demo's budget;
+* ``full``: the whole precursor as mhcseqs gives it.
+ Rows of one (allele, peptide) measured
 more than once are merged into one pair with the geometric mean of their IC50 and counted.
 
 Split by peptide: a peptide's split is a hash of the seed and the peptide, so a held-out peptide never
@@ -82,13 +90,13 @@ class PeptideMHCConfig:
 
     Attributes:
         binder_ic50: IC50 (nM) below which a peptide is a binder.
-        groove: cut each chain to its alpha-1/alpha-2 groove (else the whole precursor).
+        chain: ``groove``, ``polymorphic`` or ``full`` (module docstring).
         fractions: train / validation / test shares of the peptides.
         seed: of the peptide split.
     """
 
     binder_ic50: float = 500.0
-    groove: bool = True
+    chain: str = "groove"
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
 
@@ -97,6 +105,8 @@ class PeptideMHCConfig:
             raise ValueError(f"fractions must be three shares summing to 1, got {self.fractions}")
         if self.binder_ic50 <= 0:
             raise ValueError(f"binder_ic50 must be positive, got {self.binder_ic50}")
+        if self.chain not in ("groove", "polymorphic", "full"):
+            raise ValueError(f"chain must be 'groove', 'polymorphic' or 'full', got {self.chain!r}")
 
 
 @dataclass(frozen=True)
@@ -204,6 +214,13 @@ def read_measurements(text: str, chains: dict[str, str], stats: BuildStats) -> l
     return out
 
 
+def polymorphic_positions(grooves: list[str]) -> list[int]:
+    """0-based positions where equal-length grooves do not all agree."""
+    if not grooves or len({len(g) for g in grooves}) != 1:
+        raise ValueError("polymorphic positions need grooves of one length")
+    return [i for i in range(len(grooves[0])) if len({g[i] for g in grooves}) > 1]
+
+
 def peptide_split(peptide: str, fractions: tuple[float, float, float], seed: int) -> str:
     """The split of `peptide`: a hash of (seed, peptide) placed on [0, 1) against the fractions."""
     digest = hashlib.blake2b(f"{seed}:{peptide}".encode(), digest_size=8).digest()
@@ -217,9 +234,13 @@ def write_peptide_mhc_dataset(folder: str | Path, config: PeptideMHCConfig) -> d
     """Write ``<split>_pairs.tsv`` (chain, peptide, label 1 binder / 0 non-binder, allele, peptide),
     ``<split>_ic50.tsv`` (allele, peptide, IC50, measurements) and ``manifest.json``; returns the manifest."""
     folder = Path(folder)
-    chains, chain_skips = read_chains(read_member(MHCSEQS, MOUSE_CHAINS).decode(), config.groove)
+    chains, chain_skips = read_chains(read_member(MHCSEQS, MOUSE_CHAINS).decode(), config.chain != "full")
     stats = BuildStats()
     measurements = read_measurements(read_member(MHCNUGGETS, MEASUREMENTS).decode(), chains, stats)
+    positions = None
+    if config.chain == "polymorphic":
+        positions = polymorphic_positions([chains[a] for a in sorted({m.allele for m in measurements})])
+        chains = {a: "".join(seq[i] for i in positions) for a, seq in chains.items()}
     by_split: dict[str, list[Measurement]] = {s: [] for s in SPLITS}
     for m in measurements:
         by_split[peptide_split(m.peptide, config.fractions, config.seed)].append(m)
@@ -242,6 +263,7 @@ def write_peptide_mhc_dataset(folder: str | Path, config: PeptideMHCConfig) -> d
         "config": asdict(config),
         "sources": {a.name: f"{a.package} {a.version} ({a.sha256})" for a in (MHCNUGGETS, MHCSEQS)},
         "chains": {a: len(s) for a, s in sorted(chains.items())},
+        "polymorphic_positions": None if positions is None else [i + 1 for i in positions],
         "chain_skips": dict(chain_skips),
         "rows": stats.rows,
         "rows_kept": stats.kept_rows,

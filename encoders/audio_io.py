@@ -39,6 +39,9 @@ def load_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE) -> to
         raise FileNotFoundError(f"audio file not found: {name}") from None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise ValueError(f"corrupt or unsupported audio ({name}): {err}") from None
+    cut = _wav_truncation(source)
+    if cut is not None:
+        raise ValueError(f"truncated audio ({name}): {cut}")
     if data.shape[0] == 0:
         raise ValueError(f"empty audio: {name}")
     wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
@@ -47,6 +50,30 @@ def load_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE) -> to
 
         wave = AF.resample(wave, rate, sample_rate)
     return wave
+
+
+def _wav_truncation(source: str | Path | bytes) -> str | None:
+    """For a RIFF/WAVE file whose data chunk is shorter than its header declares (a copy cut short), what is
+    missing; None otherwise. libsndfile reads such a file without complaint, up to where it ends."""
+    if isinstance(source, (bytes, bytearray)):
+        raw = bytes(source)
+    else:
+        with open(source, "rb") as f:
+            if f.read(4) != b"RIFF":
+                return None
+            raw = b"RIFF" + f.read()
+    if raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(raw):
+        chunk, size = raw[pos : pos + 4], int.from_bytes(raw[pos + 4 : pos + 8], "little")
+        if chunk == b"data":
+            held = len(raw) - pos - 8
+            if size in (0, 0xFFFFFFFF) or held >= size:  # unknown size (a streamed file), or complete
+                return None
+            return f"the header declares {size} bytes of samples, the file holds {held}"
+        pos += 8 + size + (size % 2)
+    return None
 
 
 def mel_filters(n_mels: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> torch.Tensor:

@@ -159,7 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["shards"]:  # the writer has its own parser (and its own --help)
         from tasks.shard_writer import main as shards_main
 
-        return shards_main(argv[1:])
+        try:
+            return shards_main(argv[1:])
+        except (FileNotFoundError, FileExistsError, ValueError) as err:  # a bad source or an existing output
+            print(f"mmdiff shards: error: {err}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose, quiet_lightning=args.command == "train")
     try:
@@ -275,6 +279,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         if run.rank != 0:  # a multi-process run (torchrun, SLURM): rank 0 reports and evaluates
             return 0
         print(f"run folder: {run.folder}")
+        if run.stopped_at is not None:
+            print(
+                f"interrupted at step {run.stopped_at} of {config.train.max_steps}; its training state is saved in "
+                f"{run.folder / 'checkpoints'}: run the same command with --set train.resume=true to continue"
+            )
+            return 130
         for split in config.train.eval_splits if config.train.eval_at_end else ():
             if len(config.train.eval_splits) > 1:
                 print(f"{split}:")

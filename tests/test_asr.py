@@ -84,6 +84,13 @@ def test_audio_loading_resamples_and_rejects_bad_input(tmp_path):
         load_audio(tmp_path / "none.flac")
     with pytest.raises(ValueError, match="longer than the 30 s window"):
         log_mel(torch.zeros(16000 * 31), pad_seconds=30)
+    whole = buf.getvalue()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[: len(whole) // 2])  # libsndfile alone would read the first half silently
+    with pytest.raises(ValueError, match=r"truncated audio .*cut.wav.*declares 16000 bytes of samples, the file holds"):
+        load_audio(cut)
+    with pytest.raises(ValueError, match="truncated audio"):
+        load_audio(whole[:60])
 
 
 def test_whisper_features_and_encoder_match_transformers(tmp_path):

@@ -187,7 +187,7 @@ def _tiny_folder(tmp_path):
         rows = ["seq_a\tseq_b\tlabel\tid_a\tid_b"]
         for i in range(n):
             allele = ("A1", "A2", "A3")[i % 3]
-            body = "".join(rng.choice("ACDEFGHIKNPQRSTVW") for _ in range(rng.choice((8, 8, 9)) - 1))
+            body = "".join(rng.choice("ACDEFGHIKNPQRSTVW") for _ in range(7))
             label = int(i % 4 != 3)
             peptide = body + (anchors[allele] if label else "G")
             rows.append(f"{chains[allele]}\t{peptide}\t{label}\t{allele}\t{peptide}")
@@ -248,3 +248,27 @@ def test_cli_trains_peptide_mhc_for_two_steps(tmp_path, capsys):
     assert main(["train", "-c", "peptide_mhc_dsm", *[a for s in sets for a in ("--set", s)]]) == 0
     out = capsys.readouterr().out
     assert '"reconstruction"' in out and '"auroc_pssm"' in out
+
+
+def test_cli_trains_the_shared_backbone_mode_for_two_steps(tmp_path, capsys):
+    from multimodal.cli import main
+
+    folder = _tiny_folder(tmp_path)
+    sets = [
+        f"task.data={folder}",
+        f"train.output_dir={tmp_path / 'runs'}",
+        "train.max_steps=2",
+        "train.batch_size=4",
+        "train.threads=1",
+        "modalities.protein.encoder_args={preset: esm2_tiny}",
+        "task.generate_per_target=4",
+        "task.generate_targets=[]",
+        "task.min_reference=1",
+        "task.elbo_draws=2",
+    ]
+    assert main(["train", "-c", "peptide_mhc_shared", *[a for s in sets for a in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    assert metrics["reconstruction"]["binders"] == 6 and set(metrics["generation"]["per_target"]) == {"A1", "A2", "A3"}
+    for row in metrics["generation"]["per_target"].values():
+        assert all(len(s) == row["length"] for s in row["examples"])

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -81,6 +82,39 @@ def test_sigkill_then_resume_follows_the_uninterrupted_curve(tmp_path):
         torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
 
 
+class CtrlC(L.Callback):
+    """Sends this process a SIGINT after step `at`, as Ctrl-C in the terminal does."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_stops_at_a_step_boundary_with_a_state_to_resume_from(tmp_path, capsys, monkeypatch):
+    reference = losses(train(load_experiment("digits_reverse", settings(tmp_path / "whole"))).folder)
+    stopped = train(load_experiment("digits_reverse", settings(tmp_path / "stopped")), callbacks=[CtrlC(4)])
+    assert stopped.stopped_at == 5  # the step that was running when the signal came is finished first
+    assert read_position(latest_state(stopped.folder))["global_step"] == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    resumed = train(load_experiment("digits_reverse", settings(tmp_path / "stopped", "train.resume=true")))
+    assert resumed.stopped_at is None
+    curve = losses(resumed.folder)
+    torch.testing.assert_close(
+        torch.tensor([curve[s] for s in range(1, 13)]), torch.tensor([reference[s] for s in range(1, 13)])
+    )
+
+    from multimodal import cli
+
+    monkeypatch.setattr("multimodal.train.run.train", lambda config: stopped)
+    argv = ["train", "-c", "digits_reverse"] + [a for s in settings(tmp_path / "x") for a in ("--set", s)]
+    assert cli.main(argv) == 130
+    out = capsys.readouterr().out
+    assert "interrupted at step 5 of 12" in out and "--set train.resume=true" in out
+
+
 def test_training_state_holds_optimizer_scheduler_position_and_rng(tmp_path):
     run = train(load_experiment("digits_reverse", settings(tmp_path, "train.max_steps=3")))
     state = latest_state(run.folder)
@@ -96,6 +130,23 @@ def test_training_state_holds_optimizer_scheduler_position_and_rng(tmp_path):
     weights = read_weights(state / "model.safetensors")
     for name, tensor in run.model.state_dict().items():
         torch.testing.assert_close(weights[f"model.{name}"], tensor)
+
+
+def test_a_corrupt_state_falls_back_to_the_older_one(tmp_path, caplog):
+    run = train(load_experiment("digits_reverse", settings(tmp_path, "train.max_steps=6")))
+    newest = latest_state(run.folder)
+    assert newest.name == "state_0000006"
+    data = (newest / STATE_FILE).read_bytes()
+    (newest / STATE_FILE).write_bytes(data[: len(data) // 2])  # cut short
+    assert latest_state(run.folder, check=True).name == "state_0000003"
+    assert "state_0000006 is unreadable" in caplog.text
+    resumed = train(load_experiment("digits_reverse", settings(tmp_path, "train.max_steps=6", "train.resume=true")))
+    assert read_position(latest_state(resumed.folder))["global_step"] == 6
+    assert sorted(losses(resumed.folder)) == list(range(1, 7))  # steps 4-6 trained again, each logged once
+    for state in (resumed.folder / "checkpoints").glob("state_*"):
+        (state / "position.json").write_text("{")
+    with pytest.raises(ValueError, match="no readable training state .* are corrupt"):
+        latest_state(resumed.folder, check=True)
 
 
 def test_resume_ignores_unfinished_state_folders(tmp_path):

@@ -254,6 +254,33 @@ def test_sigterm_drains_open_requests_before_exit(backend):
             assert scheduler.draining
             answer = pending.result(60).choices[0].text  # finished, not cut
         assert answer == alone(backend, backend.completion("321="), 160, seed=5)
+        deadline = time.time() + 20
+        while not server.should_exit and time.time() < deadline:  # the exit follows once nothing is open
+            time.sleep(0.05)
+        assert server.should_exit
+
+
+def test_a_draining_server_answers_503_until_its_open_requests_finish(backend):
+    with running(backend, start_scheduler=False, max_batch=1, max_queue=2) as (server, scheduler, url):
+        api = client(url)
+        ask = lambda: api.completions.create(model="digits_reverse", prompt="12=", seed=0)  # noqa: E731
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            held = pool.submit(ask)
+            deadline = time.time() + 10
+            while scheduler.waiting < 1 and time.time() < deadline:
+                time.sleep(0.02)
+            server.handle_exit(signal.SIGTERM, None)
+            time.sleep(0.3)
+            assert not server.should_exit  # a request is still open: the replica stays up
+            with pytest.raises(openai.InternalServerError, match="shutting down"):
+                ask()  # accepted and told 503, not refused
+            assert httpx.get(f"{url}/health").status_code == 503
+            scheduler.start()
+            assert held.result(30).choices[0].text == alone(backend, backend.completion("12="))
+        deadline = time.time() + 20
+        while not server.should_exit and time.time() < deadline:
+            time.sleep(0.05)
+        assert server.should_exit  # nothing open any more: uvicorn is told to exit
 
 
 def png(colour=(255, 0, 0), size=40) -> bytes:

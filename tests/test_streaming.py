@@ -289,3 +289,14 @@ def test_writer_command_line_and_overwrite(tmp_path, capsys, protein_folder):
         write_protein_shards(protein_folder / "train.fasta", out, progress=False)
     assert write_protein_shards(protein_folder / "train.fasta", out, overwrite=True, progress=False).samples == 12
     assert len(list(out.glob("proteins-train-*.tar"))) == 1
+
+    from multimodal.cli import main as mmdiff
+
+    bad = tmp_path / "bad.fasta"
+    bad.write_text("not a fasta\n")
+    capsys.readouterr()
+    assert mmdiff(["shards", "proteins", str(bad), str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mmdiff shards: error: {bad}: not a FASTA file")
+    assert mmdiff(["shards", "proteins", str(protein_folder / "train.fasta"), str(out), "--no-progress"]) == 2
+    assert "proteins-train" in capsys.readouterr().err  # shards of that name exist: one line, nothing replaced

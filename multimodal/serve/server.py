@@ -1,14 +1,18 @@
 """Running the server: uvicorn over the app, with a graceful drain on SIGTERM / SIGINT.
 
 `serve` starts the decoding thread, builds the app and runs uvicorn. On a signal the scheduler stops
-taking jobs (new requests get 503 and ``/health`` turns 503, so a load balancer takes the replica out)
-while uvicorn stops accepting connections and waits up to `drain_timeout` seconds for the open ones,
-queued and running requests included, to finish; then the decoding thread ends.
+taking jobs: new requests get 503 and ``/health`` turns 503, so a load balancer takes the replica out,
+while the queued and running requests finish. Only when they have (or after `drain_timeout` seconds)
+is uvicorn told to exit, so until then the replica keeps accepting connections and answers them 503
+rather than refusing them; uvicorn then closes the open connections within the same timeout and the
+decoding thread ends. A second signal exits at once.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from multimodal.serve.app import create_app
@@ -25,11 +29,22 @@ def _server_class():
         """uvicorn's server that first tells the scheduler to drain when asked to exit."""
 
         scheduler: Scheduler | None = None
+        draining = False
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if self.scheduler is not None:
-                self.scheduler.drain()
-            super().handle_exit(sig, frame)
+            if self.scheduler is None or self.draining:  # no scheduler, or a second signal: exit now
+                super().handle_exit(sig, frame)
+                return
+            self.draining = True
+            self.scheduler.drain()
+            log.info("draining: new requests get 503; exiting once the open ones finish")
+            threading.Thread(target=self._exit_when_idle, args=(sig, frame), daemon=True).start()
+
+        def _exit_when_idle(self, sig: int, frame: Any) -> None:
+            deadline = time.monotonic() + (self.config.timeout_graceful_shutdown or 0)
+            while (self.scheduler.running or self.scheduler.waiting) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            uvicorn.Server.handle_exit(self, sig, frame)
 
     return DrainingServer
 

@@ -165,6 +165,7 @@ class Run:
     rank: int = 0
     saved_sampler: Any = None  # a loaded run: the sampler config its checkpoint was saved with (before --set)
     saved_config: Any = None  # a loaded run: the whole experiment config it was saved with (before --set)
+    stopped_at: int | None = None  # a training run stopped early by Ctrl-C: the step its state was saved at
 
     @property
     def modalities(self) -> dict[str, ModalityIO]:

@@ -86,11 +86,45 @@ class StateCheckpointIO(CheckpointIO):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def latest_state(run_folder: Path) -> Path | None:
-    """The newest complete training state of a run (None if there is none)."""
+def latest_state(run_folder: Path, check: bool = False) -> Path | None:
+    """The newest complete training state of a run (None if there is none).
+
+    With `check`, a state whose files cannot be read (a disk fault, a file edited or cut) is skipped with a
+    warning naming it and the next older one is taken; if every state is unreadable, one error names them.
+    """
     folder = Path(run_folder) / "checkpoints"
     states = sorted(p for p in folder.glob("state_*") if _STATE.fullmatch(p.name) and _state_file(p).is_file())
-    return states[-1] if states else None
+    if not check:
+        return states[-1] if states else None
+    bad = []
+    for state in reversed(states):
+        problem = unreadable(state)
+        if problem is None:
+            if bad:
+                log.warning("resuming from the older training state %s", state)
+            return state
+        log.warning("training state %s is unreadable (%s); trying an older one", state, problem)
+        bad.append(state.name)
+    if bad:
+        raise ValueError(
+            f"no readable training state in {folder} ({', '.join(bad)} are corrupt); train.resume=false starts over"
+        )
+    return None
+
+
+def unreadable(state: Path) -> str | None:
+    """Why a training state cannot be resumed from (None when its files read back)."""
+    from multimodal.safeio import safetensors_keys
+
+    try:
+        read_position(state)
+        if (state / STATE_FILE).is_file():
+            torch.load(state / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+        if (state / WEIGHTS_FILE).is_file():
+            safetensors_keys(state / WEIGHTS_FILE)
+    except Exception as err:  # noqa: BLE001  (any read failure makes the state unusable; the message says which)
+        return str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+    return None
 
 
 def _state_file(state: Path) -> Path:
@@ -173,3 +207,43 @@ class TrainingState(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._save(trainer)
+
+
+class StopOnInterrupt(L.Callback):
+    """Ctrl-C (SIGINT) ends training at the next step boundary instead of mid-step, so the training state
+    TrainingState writes at the end is a consistent one to resume from; a second Ctrl-C aborts at once.
+
+    Only in a single-process run, from the main thread (signal handlers live there); `stopped_at` is the
+    step training stopped at, None when it ran to the end.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.stopped_at: int | None = None
+        self._previous: Any = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import signal
+        import threading
+
+        if trainer.world_size != 1 or threading.current_thread() is not threading.main_thread():
+            return
+
+        def request(signum, frame) -> None:
+            self.requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C raises at once
+            log.warning("interrupted: stopping after this step and saving a training state (Ctrl-C again to abort)")
+
+        self._previous = signal.signal(signal.SIGINT, request)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.requested and not trainer.should_stop:
+            trainer.should_stop = True
+            self.stopped_at = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None

@@ -46,7 +46,7 @@ from multimodal.train.config import ExperimentConfig, TrainConfig, check_experim
 from multimodal.train.feature_cache import install_feature_caches, remove_feature_caches
 from multimodal.train.media_cache import cached_modalities
 from multimodal.train.packing import PackedCollate
-from multimodal.train.resume import StateCheckpointIO, TrainingState, latest_state, read_position
+from multimodal.train.resume import StateCheckpointIO, StopOnInterrupt, TrainingState, latest_state, read_position
 from multimodal.train.sampler import ResumableBatchSampler
 from multimodal.types import ModalityIO
 from tasks import create_task
@@ -158,6 +158,7 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    interrupt = StopOnInterrupt()  # Ctrl-C: stop at the next step boundary, the final state saved
     trainer = L.Trainer(
         max_steps=cfg.max_steps,
         max_epochs=1 if shards and cfg.sample_budget else -1,  # a budgeted stream ends once; both stream endlessly
@@ -183,10 +184,11 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
             MetricsJsonl(run.folder / "metrics.jsonl", cfg.log_every),
             SafetensorsCheckpoint(functools.partial(save_run_checkpoint, run), cfg.checkpoint_every),
             TrainingState(run.folder / "checkpoints", cfg.checkpoint_every),
+            interrupt,
             *callbacks,
         ],
     )
-    state = latest_state(run.folder) if cfg.resume else None
+    state = latest_state(run.folder, check=True) if cfg.resume else None
     if state is not None:
         position = read_position(state)
         read_with = (position.get("batch_size"), position.get("world_size"))
@@ -215,6 +217,7 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
         run.folder = folder
         load_weights(run.folder / "checkpoints" / "last", run.model)
     run.rank = trainer.global_rank
+    run.stopped_at = interrupt.stopped_at
     return run
 
 

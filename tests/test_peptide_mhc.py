@@ -231,44 +231,40 @@ def test_task_measures_on_a_tiny_model(tmp_path):
         assert 0 <= row["auroc_pssm"] <= 1 and 0 <= row["auroc_elbo"] <= 1, allele
 
 
-def test_cli_trains_peptide_mhc_for_two_steps(tmp_path, capsys):
+def _train_two_steps(tmp_path, capsys, config: str, *extra: str) -> dict:
+    """`mmdiff train` of `config` on the tiny folder for two steps; the test metrics it prints."""
     from multimodal.cli import main
 
-    folder = _tiny_folder(tmp_path)
     sets = [
-        f"task.data={folder}",
+        f"task.data={_tiny_folder(tmp_path)}",
         f"train.output_dir={tmp_path / 'runs'}",
         "train.max_steps=2",
         "train.batch_size=4",
         "train.threads=1",
-        "dsm.preset=esm2_tiny",
         "task.generate_per_target=4",
         "task.elbo_draws=2",
+        *extra,
     ]
-    assert main(["train", "-c", "peptide_mhc_dsm", *[a for s in sets for a in ("--set", s)]]) == 0
+    assert main(["train", "-c", config, *[a for s in sets for a in ("--set", s)]]) == 0
     out = capsys.readouterr().out
-    assert '"reconstruction"' in out and '"auroc_pssm"' in out
+    return json.loads(out[out.index("{") : out.rindex("}") + 1])
+
+
+def test_cli_trains_peptide_mhc_for_two_steps(tmp_path, capsys):
+    metrics = _train_two_steps(tmp_path, capsys, "peptide_mhc_dsm", "dsm.preset=esm2_tiny")
+    assert metrics["reconstruction"]["binders"] == 6 and "H2-K*b" in metrics["generation"]["skipped"]
+    assert set(metrics["ranking"]["per_target"]) == {"A1", "A2"}
 
 
 def test_cli_trains_the_shared_backbone_mode_for_two_steps(tmp_path, capsys):
-    from multimodal.cli import main
-
-    folder = _tiny_folder(tmp_path)
-    sets = [
-        f"task.data={folder}",
-        f"train.output_dir={tmp_path / 'runs'}",
-        "train.max_steps=2",
-        "train.batch_size=4",
-        "train.threads=1",
+    metrics = _train_two_steps(
+        tmp_path,
+        capsys,
+        "peptide_mhc_shared",
         "modalities.protein.encoder_args={preset: esm2_tiny}",
-        "task.generate_per_target=4",
         "task.generate_targets=[]",
         "task.min_reference=1",
-        "task.elbo_draws=2",
-    ]
-    assert main(["train", "-c", "peptide_mhc_shared", *[a for s in sets for a in ("--set", s)]]) == 0
-    out = capsys.readouterr().out
-    metrics = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    )
     assert metrics["reconstruction"]["binders"] == 6 and set(metrics["generation"]["per_target"]) == {"A1", "A2", "A3"}
     for row in metrics["generation"]["per_target"].values():
         assert all(len(s) == row["length"] for s in row["examples"])

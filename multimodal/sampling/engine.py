@@ -76,6 +76,12 @@ class Engine:
         return next((p.device for p in self.model.parameters()), torch.device("cpu"))
 
     @property
+    def vocab_size(self) -> int:
+        """Rows of the model's output head (its config's vocab_size; the tokenizer's size if it has none)."""
+        config = getattr(self.model, "config", None)
+        return getattr(config, "vocab_size", None) or len(self.tokenizer)
+
+    @property
     def modalities(self) -> dict[str, ModalityIO]:
         """What tasks need to lay out each of the model's modalities (empty for a text-only model)."""
         io = getattr(self.model, "modality_io", None)

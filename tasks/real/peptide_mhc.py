@@ -32,7 +32,6 @@ allele, H-2 allele without a chain, fragment chain, non-standard residue, malfor
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -46,6 +45,7 @@ from tqdm import tqdm
 
 from multimodal.assets import Asset, read_member, register_asset
 from tasks.protein_io import STANDARD_AMINO_ACIDS, ProteinPair, write_pairs
+from tasks.real.splits import SPLITS, check_fractions, hash_split
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,6 @@ MATURE_START = re.compile(r"G[PS]HS[LM]RYF")
 GROOVE_LENGTH = 182  # alpha-1 (1-90) and alpha-2 (91-182) of the mature chain
 _H2_NAME = re.compile(r"H-2-([A-Z])([a-z0-9]+)")
 _STANDARD = frozenset(STANDARD_AMINO_ACIDS)
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -101,8 +100,7 @@ class PeptideMHCConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
-            raise ValueError(f"fractions must be three shares summing to 1, got {self.fractions}")
+        check_fractions(self.fractions)
         if self.binder_ic50 <= 0:
             raise ValueError(f"binder_ic50 must be positive, got {self.binder_ic50}")
         if self.chain not in ("groove", "polymorphic", "full"):
@@ -222,12 +220,8 @@ def polymorphic_positions(grooves: list[str]) -> list[int]:
 
 
 def peptide_split(peptide: str, fractions: tuple[float, float, float], seed: int) -> str:
-    """The split of `peptide`: a hash of (seed, peptide) placed on [0, 1) against the fractions."""
-    digest = hashlib.blake2b(f"{seed}:{peptide}".encode(), digest_size=8).digest()
-    u = int.from_bytes(digest, "big") / 2**64
-    if u < fractions[0]:
-        return "train"
-    return "validation" if u < fractions[0] + fractions[1] else "test"
+    """The split of `peptide` (tasks/real/splits.py): every measurement of it lands on one side."""
+    return hash_split(peptide, fractions, seed)
 
 
 def write_peptide_mhc_dataset(folder: str | Path, config: PeptideMHCConfig) -> dict:

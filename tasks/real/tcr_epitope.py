@@ -19,7 +19,6 @@ pool are counted, never silently dropped.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from multimodal.assets import Asset, read_member, register_asset
 from tasks.protein_io import STANDARD_AMINO_ACIDS, ProteinPair, write_pairs
+from tasks.real.splits import SPLITS, check_fractions, hash_split
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ class TCREpitopeConfig:
     min_overlap: int = 3
 
     def __post_init__(self):
-        if len(self.fractions) != 3 or any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-6:
-            raise ValueError(f"fractions must be three shares summing to 1, got {self.fractions}")
+        check_fractions(self.fractions)
 
 
 def merge_candidates(candidates: list[str], min_overlap: int = 3) -> str:
@@ -143,11 +142,8 @@ def cdr3_clusters(cdr3s: list[str]) -> dict[str, str]:
 
 
 def cluster_split(root: str, fractions: tuple[float, float, float], seed: int) -> str:
-    """The split of a CDR3 cluster: a hash of (seed, its smallest member) placed against the fractions."""
-    u = int.from_bytes(hashlib.blake2b(f"{seed}:{root}".encode(), digest_size=8).digest(), "big") / 2**64
-    if u < fractions[0]:
-        return "train"
-    return "validation" if u < fractions[0] + fractions[1] else "test"
+    """The split of a CDR3 cluster, named by its smallest member (tasks/real/splits.py)."""
+    return hash_split(root, fractions, seed)
 
 
 def read_pool_rows(text: str, source: str, stats: Counter) -> list[tuple[str, str, str]]:
@@ -185,7 +181,7 @@ def write_tcr_epitope_dataset(folder: str | Path, config: TCREpitopeConfig) -> d
                 stats["duplicate (CDR3, pool) rows merged"] += 1
             donors[(cdr3, name)].add(donor)
     clusters = cdr3_clusters(sorted({c for c, _ in donors}))
-    by_split: dict[str, list[ProteinPair]] = {"train": [], "validation": [], "test": []}
+    by_split: dict[str, list[ProteinPair]] = {s: [] for s in SPLITS}
     for cdr3, name in sorted(donors):
         split = cluster_split(clusters[cdr3], config.fractions, config.seed)
         by_split[split].append(ProteinPair(pools[name], cdr3, 1, name, cdr3))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -135,8 +136,7 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     cfg = config.train
     check_experiment(config)  # a config built in Python was not checked at resolution
     strategy = _strategy(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     shards = _stream_shards(config)
     # the data order and the masking noise have their own seeds; this seeds whatever else draws numbers
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -222,6 +222,17 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
 
 
 OUTPUTS = ("metrics.jsonl", "checkpoints", "eval", "samples")  # what a run writes into its folder
+
+
+def set_threads(requested: int | None) -> int:
+    """Set torch's intra-op threads to `requested`, else to the CPUs this process may run on (its affinity
+    mask, which a container's or a job scheduler's cpuset narrows; torch's own default counts every core of
+    the machine), and log the number."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = requested or available
+    torch.set_num_threads(threads)
+    log.info("training with %d CPU threads (%d CPUs available to this process)", threads, available)
+    return threads
 
 
 def claim_folder(folder: Path, resume: bool) -> Path:

@@ -7,7 +7,9 @@ of one job alone and of two jobs started together, for each setting:
 * ``threads=N``: torch.set_num_threads(N) in each job, OpenMP's default wait policy (threads that
   finish a parallel region spin for a while before sleeping, to catch the next region early);
 * ``threads=N passive``: the same with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once), which
-  must be in the environment before torch loads its OpenMP runtime.
+  must be in the environment before torch loads its OpenMP runtime;
+* ``threads=N spin=K``: ``GOMP_SPINCOUNT=K``, libgomp's spin budget before a waiting thread sleeps (its
+  default spins up to 300,000 iterations; 0 is passive).
 
 With two jobs of two threads each on two cores, a spinning thread holds a core its neighbour's working
 thread needs; the slowdown over "alone" shows how much of it is spin and how much is the fair 2x.
@@ -54,13 +56,10 @@ print(json.dumps({"threads": torch.get_num_threads(), "times": times}))
 """
 
 
-def run_jobs(n_jobs: int, threads: int, steps: int, passive: bool) -> list[float]:
+def run_jobs(n_jobs: int, threads: int, steps: int, env_extra: dict[str, str]) -> list[float]:
     """Median step time (s) of each of `n_jobs` jobs started together."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    if passive:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    else:
-        env.pop("OMP_WAIT_POLICY", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(OMP_NUM_THREADS=str(threads), **env_extra)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", JOB, str(threads), str(steps)], env=env, stdout=subprocess.PIPE, text=True
@@ -76,6 +75,14 @@ def run_jobs(n_jobs: int, threads: int, steps: int, passive: bool) -> list[float
     return out
 
 
+SETTINGS = {
+    "default": {},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin=10000": {"GOMP_SPINCOUNT": "10000"},
+    "spin=1000": {"GOMP_SPINCOUNT": "1000"},
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -85,15 +92,15 @@ def main() -> None:
     print("| setting | alone (s/step) | two jobs together (s/step, each) | slowdown |")
     print("|---|---|---|---|")
     for threads in args.threads:
-        for passive in (False, True):
+        for label, extra in SETTINGS.items():
+            if threads == 1 and label != "default":
+                continue  # one thread never waits for another
             start = time.perf_counter()
-            alone = run_jobs(1, threads, args.steps, passive)[0]
-            both = run_jobs(2, threads, args.steps, passive)
-            name = f"threads={threads}" + (" passive" if passive else "")
+            alone = run_jobs(1, threads, args.steps, extra)[0]
+            both = run_jobs(2, threads, args.steps, extra)
             shown = " / ".join(f"{t:.3f}" for t in both)
-            print(
-                f"| {name} | {alone:.3f} | {shown} | {max(both) / alone:.1f}x |  ({time.perf_counter() - start:.0f} s)"
-            )
+            took = time.perf_counter() - start
+            print(f"| threads={threads} {label} | {alone:.3f} | {shown} | {max(both) / alone:.1f}x |  ({took:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -152,6 +153,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show-config", help="print the fully resolved config")
     with_config(p)
     return parser
+
+
+# OpenMP threads that finish a parallel region spin before they sleep (libgomp: up to 300,000 iterations).
+# Alone that saves a wake-up; with a second torch job on the same cores the spinning threads hold the cores
+# the other job needs: two README-sized jobs on 2 cores ran 4.0-4.7x slower each instead of 2x. A short
+# spin (libgomp's own choice when it sees more threads than cores) keeps that to 1.9x at 1.15-1.25x the
+# time alone (benchmarks/concurrent_jobs.py, benchmarks/RESULTS.md). Set before torch loads OpenMP, and
+# only when the user has chosen no wait policy.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "1000"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -231,7 +231,10 @@ def set_threads(requested: int | None) -> int:
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = requested or available
     torch.set_num_threads(threads)
-    log.info("training with %d CPU threads (%d CPUs available to this process)", threads, available)
+    spin = os.environ.get("GOMP_SPINCOUNT") or os.environ.get("OMP_WAIT_POLICY") or "libgomp's default"
+    log.info(
+        "training with %d CPU threads (%d CPUs available to this process; OpenMP spin: %s)", threads, available, spin
+    )
     return threads
 
 

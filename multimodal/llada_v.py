@@ -40,9 +40,9 @@ from encoders.weights import raise_key_problems
 from multimodal.backbone.config import BackboneConfig
 from multimodal.backbone.convert import CheckpointError, read_tensors, shard_files
 from multimodal.backbone.transformer import LLaDABackbone
+from multimodal.collate import expand_placeholders, stack_items
 from multimodal.model import MultimodalDiffusionModel
 from multimodal.sampling.base import SamplerConfig
-from multimodal.sampling.media import expand_placeholders, stack_items
 from multimodal.types import PromptBatch
 
 log = logging.getLogger(__name__)

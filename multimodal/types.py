@@ -19,14 +19,12 @@ class BackboneOutput:
     Attributes:
         logits: (B, L, V) output-head scores, or None when the caller asked for hidden states only.
         hidden_states: (B, L, D) final hidden states after the last norm (input of the head), when requested.
-        all_hidden_states: per-layer inputs plus the final output, when requested.
         cache: the updated key/value cache, when one was passed in.
         extras: auxiliary outputs of modality towers, by modality (e.g. CTC logits for an auxiliary loss).
     """
 
     logits: torch.Tensor | None
     hidden_states: torch.Tensor | None = None
-    all_hidden_states: tuple[torch.Tensor, ...] | None = None
     cache: Any = None
     extras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
@@ -43,7 +41,6 @@ class MultimodalBatch:
         position_ids: (B, L) rotary positions, or None for 0..L-1.
         modality_inputs: per-modality preprocessed inputs (pixel values, log-mel features, ...).
         modality_masks: per-modality validity masks of those inputs.
-        placeholders: per-modality (B, N) positions in `input_ids` where the projected features go.
         meta: ids, references and anything else the metrics need, one entry per sample (per document
             when packed).
         document_ids: (B, L) long, for packed rows (multimodal/train/packing.py): the document each
@@ -58,7 +55,6 @@ class MultimodalBatch:
     position_ids: torch.Tensor | None = None
     modality_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     modality_masks: dict[str, torch.Tensor] = field(default_factory=dict)
-    placeholders: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: list[dict[str, Any]] = field(default_factory=list)
     document_ids: torch.Tensor | None = None
 
@@ -73,7 +69,6 @@ class MultimodalBatch:
             position_ids=move(self.position_ids),
             modality_inputs={k: v.to(device) for k, v in self.modality_inputs.items()},
             modality_masks={k: v.to(device) for k, v in self.modality_masks.items()},
-            placeholders={k: v.to(device) for k, v in self.placeholders.items()},
             meta=self.meta,
             document_ids=move(self.document_ids),
         )

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from multimodal.types import SampleOutput
+from tasks.asr_ctc import ctc_transcripts
 from tasks.asr_data import read_librispeech, read_manifest, read_speech_shards, record_from_sample, validate
 from tasks.asr_metrics import wer_report
 from tasks.base import TASKS, Layout, Task, TaskConfig, shard_list, source_name
@@ -223,7 +224,7 @@ class ASRTask(Task):
         ctc: list[str] = []
 
         def transcripts(out: SampleOutput, chunk: Sequence[Layout]) -> None:
-            ctc.extend(engine.ctc_texts(out) or [])
+            ctc.extend(ctc_transcripts(out, engine.tokenizer, engine.pad_id) or [])
 
         result = self.decode_and_score(engine, split, limit, on_batch=transcripts)
         metrics, examples = result.metrics, result.metrics["examples"]

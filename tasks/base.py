@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from multimodal.collate import expand_placeholders, stack_items
 from multimodal.registry import new_registry
-from multimodal.sampling.media import expand_placeholders, stack_items
 from multimodal.types import ModalityIO, MultimodalBatch, PromptBatch, SampleOutput, Tokenizer
 from tasks.evaluation import Evaluation, decode_layouts, prediction_records
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from multimodal.sampling.dsm import DSMConfig
 from multimodal.types import ModalityIO, MultimodalBatch, Tokenizer
 from tasks.base import TASKS, Layout, Task, TaskConfig, expand_media, shard_list
 from tasks.commands import CommandContext, CommandOutput, TaskCommand, register_command
@@ -368,17 +369,10 @@ class BinderTask(_ProteinBase):
 
 
 def sampler_fields(sampler: Any) -> dict[str, Any]:
-    """DSM sampler settings from the run's sampler config (defaults: T = 1, step divisor 1, steps from the
-    row, random remasking)."""
-    fields = {"temperature": 1.0, "step_divisor": 1, "steps_from": "row", "remasking": "random"}
-    if sampler is not None and getattr(sampler, "name", "") == "dsm":
-        fields.update(
-            temperature=sampler.temperature,
-            step_divisor=sampler.step_divisor,
-            steps_from=sampler.steps_from,
-            remasking=sampler.remasking,
-        )
-    return fields
+    """DSM sampler settings (temperature, step divisor, steps from, remasking): the run's when its sampler
+    is DSM's policy, else DSM's defaults (T = 1, step divisor 1, steps from the row, random remasking)."""
+    source = sampler if isinstance(sampler, DSMConfig) else DSMConfig()
+    return {name: getattr(source, name) for name in ("temperature", "step_divisor", "steps_from", "remasking")}
 
 
 # ---- `mmdiff generate` (tasks/commands.py)

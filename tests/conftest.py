@@ -3,8 +3,13 @@ server tests): tests run offline."""
 
 from __future__ import annotations
 
+import io
 import random
 import socket
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import torch
@@ -43,6 +48,15 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", guarded(create_connection))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def write_tar(target: Path | BinaryIO, members: Iterable[tuple[str, bytes]]) -> None:
+    """A tar archive (WebDataset shard, .deb data member) holding `members` (name, bytes) in order."""
+    with tarfile.open(fileobj=target, mode="w") if not isinstance(target, Path) else tarfile.open(target, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from encoders import create_encoder, create_projector
 from encoders.audio_io import load_audio, log_mel
 from tasks.asr_data import read_librispeech, read_manifest, read_speech_shards
 from tasks.records import BadRecord
+from tests.conftest import write_tar
 
 
 def flac(seconds=0.5, rate=16000) -> bytes:
@@ -56,18 +56,16 @@ def test_librispeech_and_manifest_readers_count_broken_records(tmp_path):
 
 def test_speech_shards_with_text_or_json(tmp_path):
     path = tmp_path / "train-00000.tar"
-    with tarfile.open(path, "w") as tar:
-
-        def add(name, data):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-        add("a.flac", flac())
-        add("a.json", json.dumps({"text": "hello there", "voice": "en"}).encode())
-        add("b.flac", flac())
-        add("b.txt", b"good morning")
-        add("c.json", json.dumps({"text": "no audio"}).encode())
+    write_tar(
+        path,
+        [
+            ("a.flac", flac()),
+            ("a.json", json.dumps({"text": "hello there", "voice": "en"}).encode()),
+            ("b.flac", flac()),
+            ("b.txt", b"good morning"),
+            ("c.json", json.dumps({"text": "no audio"}).encode()),
+        ],
+    )
     records, stats = read_speech_shards([path])
     assert [r["text"] for r in records] == ["hello there", "good morning"] and records[0]["voice"] == "en"
     assert dict(stats.skipped) == {"missing audio": 1}
@@ -172,7 +170,7 @@ def test_ctc_head_gives_an_auxiliary_loss():
 
 
 def test_ctc_greedy_merges_repeats_and_drops_blanks_in_real_frames():
-    from multimodal.diffusion.ctc import ctc_greedy
+    from tasks.asr_ctc import ctc_greedy
 
     best = torch.tensor([[1, 1, 0, 1, 2, 2, 0, 3], [4, 0, 0, 4, 4, 3, 3, 3]])
     logits = torch.nn.functional.one_hot(best, 5).float()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import lzma
-import tarfile
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from multimodal.assets import Asset, AssetError, AssetMissing, artefact_path, fetch, read_member, require
+from tests.conftest import write_tar
 
 
 def _sha(path: Path) -> str:
@@ -31,11 +31,7 @@ def _deb(path: Path, files: dict[str, bytes]) -> Path:
 
     def tar_xz(entries: dict[str, bytes]) -> bytes:
         raw = io.BytesIO()
-        with tarfile.open(fileobj=raw, mode="w") as tar:
-            for name, data in entries.items():
-                info = tarfile.TarInfo(f"./{name}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+        write_tar(raw, [(f"./{name}", data) for name, data in entries.items()])
         return lzma.compress(raw.getvalue())
 
     members = [("debian-binary", b"2.0\n"), ("control.tar.xz", tar_xz({"control": b"Package: x\n"}))]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from multimodal.backbone import backbone_preset, create_backbone
 from multimodal.model import MultimodalDiffusionModel
 from multimodal.sampling import SamplerConfig, SamplerError, SpecialIds, create_sampler, generate, sampler_config_class
-from multimodal.sampling.batching import ContinuousBatch, Row
+from multimodal.sampling.batching import ContinuousBatch, Row, partition, span
 
 V = 256
 SPECIAL = SpecialIds(mask_id=V - 1, eos_id=V - 2)
@@ -54,18 +56,23 @@ def alone(model, prompt, cfg, seed, **kwargs):
     ],
     ids=["none", "dual", "prefix", "delayed", "block", "guidance"],
 )
-def test_rows_joining_and_leaving_decode_as_alone(model, shared):
+@pytest.mark.parametrize("call_columns", [0, 10**9], ids=["groups", "one-canvas"])
+def test_rows_joining_and_leaving_decode_as_alone(model, shared, call_columns):
     todo = requests(shared)
-    batch = ContinuousBatch(model, SPECIAL, config(steps=8, gen_length=8, **shared), pad_id=0, max_rows=3)
-    rows, joins = [], {0: 2, 1: 1, 2: 1, 4: 1}  # two at the start, then one at each of three later boundaries
+    cfg = config(steps=8, gen_length=8, **shared)
+    batch = ContinuousBatch(model, SPECIAL, cfg, pad_id=0, max_rows=3, call_columns=call_columns)
+    rows, groups = [], 0
+    joins = {0: 2, 1: 1, 2: 1, 4: 1}  # two at the start, then one at each of three later boundaries
     for cycle in range(40):
         for _ in range(joins.get(cycle, 0)):
             prompt, cfg, seed = todo.pop(0)
             rows.append(batch.add(Row(prompt, create_sampler(cfg), torch.Generator().manual_seed(seed))))
         batch.step()
+        groups = max(groups, len(batch.groups))
         if batch.idle and not todo:
             break
     assert batch.idle and len(rows) == 5
+    assert groups > 1 if call_columns == 0 else groups == 1
     for r in rows:  # every answer position committed (random weights may commit the mask id itself)
         assert r.finished and ((r.commit_step >= 0) | (r.answer == SPECIAL.mask_id)).all()
     for r in rows:
@@ -143,3 +150,35 @@ def test_noise_free_rows_with_equal_settings_share_one_sampler_call(model, monke
     batch.run()
     for r in rows:
         assert torch.equal(r.answer, alone(model, r.prompt, r.config, 0))
+
+
+def cutting_cost(groups, block_length, call_columns, limit):
+    """Columns a cutting computes, each call charged at least `call_columns` (inf if a shared canvas is too wide)."""
+    widths = [sum(span(grp, block_length)) + block_length for grp in groups]
+    if any(w > limit and len(grp) > 1 for w, grp in zip(widths, groups, strict=True)):
+        return float("inf")
+    return sum(max(len(grp) * w, call_columns) for grp, w in zip(groups, widths, strict=True))
+
+
+def test_partition_finds_the_cheapest_cutting():
+    """Against every contiguous cutting of the sorted rows: the chosen one costs least, and no shared
+    canvas is wider than the limit."""
+    g = torch.Generator().manual_seed(3)
+    for trial in range(30):
+        rows = []
+        for _ in range(int(torch.randint(1, 8, (1,), generator=g))):
+            p, blocks = int(torch.randint(1, 60, (1,), generator=g)), int(torch.randint(1, 5, (1,), generator=g))
+            block = int(torch.randint(0, blocks, (1,), generator=g))
+            rows.append(Row(list(range(3, 3 + p)), None, tokens=torch.zeros(p + 8 * blocks), block=block))
+        call_columns, limit = [0, 200, 10**6][trial % 3], 120
+        chosen = partition(rows, 8, call_columns, limit)
+        order = [r for grp in chosen for r in grp]  # the sorted rows
+        assert sorted(map(id, order)) == sorted(map(id, rows))
+        best = min(
+            cutting_cost(
+                [order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)), strict=True)], 8, call_columns, limit
+            )
+            for k in range(len(order))
+            for cuts in itertools.combinations(range(1, len(order)), k)
+        )
+        assert cutting_cost(chosen, 8, call_columns, limit) == best

@@ -62,7 +62,7 @@ def test_chat_and_sample_on_a_released_llada_folder(tmp_path, capsys):
     from multimodal.chat import chat_answer
     from multimodal.cli import main
     from multimodal.sampling import SamplerConfig
-    from multimodal.serve.backend import LLaDABackend
+    from multimodal.sources import LLaDABackend
 
     torch.manual_seed(0)
     folder = tmp_path / "LLaDA-tiny-Instruct"

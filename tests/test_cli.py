@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from multimodal.cli import main
@@ -132,3 +133,12 @@ def test_a_missing_optional_module_names_its_extra(monkeypatch, capsys):
         "pip install -e '.[serve]' (or '.[all]')"
     ]
     assert "extra" not in cli.missing_extra(ModuleNotFoundError("x", name="left_pad"))
+
+
+def test_a_model_source_is_a_run_or_a_folder_exactly_one():
+    from multimodal.sources import open_source
+
+    with pytest.raises(ValueError, match="serve needs one of a run folder or a LLaDA folder"):
+        open_source(command="serve")
+    with pytest.raises(ValueError, match="one of a run folder or a LLaDA folder"):
+        open_source("a", "b")

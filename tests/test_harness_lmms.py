@@ -30,7 +30,8 @@ def test_a_local_vqa_task_through_lmms_eval(tmp_path, capsys):
 
     from multimodal.harness_lmms import MMDiffLMMS, evaluate
     from multimodal.sampling import SamplerConfig
-    from multimodal.serve.backend import LLaDABackend, Turn, request_sampler
+    from multimodal.serve.request_sampler import request_sampler
+    from multimodal.sources import LLaDABackend, Turn
     from tests.test_llada_v import write_llada_v
 
     folder, *_ = write_llada_v(tmp_path / "LLaDA-V-tiny", vocab=20)  # every id a word or a special

@@ -289,7 +289,7 @@ def test_the_server_answers_image_chats_as_the_library_decodes(tmp_path):
     import base64
 
     from multimodal.sampling import SamplerConfig
-    from multimodal.serve.backend import LLaDABackend, Turn
+    from multimodal.sources import LLaDABackend, Turn
     from tests.test_serve import alone, client, png, running
 
     folder, *_ = write_llada_v(tmp_path / "LLaDA-V-tiny")

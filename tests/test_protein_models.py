@@ -39,25 +39,29 @@ def test_dsm_backbone_equals_fair_esm_with_the_logit_cap():
     torch.testing.assert_close(model(ids, attention_mask=mask).logits, out.logits)
 
 
-def test_hugging_face_esm_folder_loads_into_fair_esm(tmp_path):
-    from transformers import EsmConfig, EsmForMaskedLM
-
-    torch.manual_seed(0)
-    cfg = EsmConfig(
+def tiny_esm_fields(token_dropout: bool) -> dict:
+    """A 2 x 64 Hugging Face ESM2 config in the released layout (rotary, ESM's 33-token alphabet)."""
+    return dict(
         vocab_size=33,
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=256,
         position_embedding_type="rotary",
-        token_dropout=False,
         emb_layer_norm_before=False,
         pad_token_id=1,
         mask_token_id=32,
         max_position_embeddings=128,
         layer_norm_eps=1e-5,  # as the released ESM2 configs (fair-esm uses 1e-5)
+        token_dropout=token_dropout,
     )
-    hf = EsmForMaskedLM(cfg).eval()
+
+
+def test_hugging_face_esm_folder_loads_into_fair_esm(tmp_path):
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    torch.manual_seed(0)
+    hf = EsmForMaskedLM(EsmConfig(**tiny_esm_fields(token_dropout=False))).eval()
     hf.save_pretrained(str(tmp_path))
     ours = ESMDiffusion(load_esm2(tmp_path).eval(), logit_cap=0.0)
     ids = tokens(ESMTokenizer(), ["MKTAYIAKQRQISFVKSHFSRQ"])
@@ -143,20 +147,7 @@ def dsm_folder(folder, token_dropout=True, seed=0):
     from transformers import EsmConfig, EsmModel
 
     torch.manual_seed(seed)
-    fields = dict(
-        vocab_size=33,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=256,
-        position_embedding_type="rotary",
-        emb_layer_norm_before=False,
-        pad_token_id=1,
-        mask_token_id=32,
-        max_position_embeddings=128,
-        layer_norm_eps=1e-5,
-        token_dropout=token_dropout,
-    )
+    fields = tiny_esm_fields(token_dropout=token_dropout)
     body = EsmModel(EsmConfig(**fields)).eval()
     state = {f"esm.{k}": v for k, v in body.state_dict().items() if not k.startswith("pooler.")}
     state |= {f"pooler.{k}": v.clone() for k, v in body.pooler.state_dict().items()}

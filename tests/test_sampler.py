@@ -263,3 +263,23 @@ def test_every_registered_sampler_decodes_a_padded_batch(name):
     out = generate(model, [[5, 6, 7], [9]], create_sampler(cfg), SPECIAL, generator=torch.Generator().manual_seed(0))
     assert out.generated.shape == (2, 8) and not (out.generated == MASK).any()
     assert out.commit_step.min() >= 0
+
+
+def test_overrides_merge_in_one_place_and_loop_settings_stay_apart():
+    from multimodal.config import ConfigError
+    from multimodal.sampling import LOOP_FIELDS, LoopSettings, merge_sampler
+    from multimodal.sampling.threshold import ThresholdConfig
+
+    base = SamplerConfig(steps=32, gen_length=64, block_length=16, temperature=0.5, cache="dual")
+    switched = merge_sampler(base, {"name": "threshold", "threshold": 0.7})
+    assert isinstance(switched, ThresholdConfig) and switched.threshold == 0.7
+    assert (switched.steps, switched.block_length, switched.temperature, switched.cache) == (32, 16, 0.5, "dual")
+    assert merge_sampler(base, {}) == base
+    with pytest.raises(ConfigError, match="sampler.temprature"):
+        merge_sampler(base, {"temprature": 1.0})
+    with pytest.raises(ConfigError, match="sampler.cache is the server's setting \\('dual'\\)"):
+        merge_sampler(base, {"cache": "none"}, fixed=LOOP_FIELDS)
+    with pytest.raises(ConfigError, match="not divisible by block_length"):
+        merge_sampler(base, {"gen_length": 24})
+    assert base.loop == LoopSettings(block_length=16, cache="dual") and type(base.loop) is LoopSettings
+    assert set(LOOP_FIELDS) == {"block_length", "cache", "attention", "cfg_scale", "compile", "refresh_every"}

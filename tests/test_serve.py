@@ -21,9 +21,10 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from multimodal.serve.app import create_app  # noqa: E402
-from multimodal.serve.backend import RunBackend, request_sampler  # noqa: E402
+from multimodal.serve.request_sampler import request_sampler  # noqa: E402
 from multimodal.serve.scheduler import Scheduler  # noqa: E402
 from multimodal.serve.server import build_server  # noqa: E402
+from multimodal.sources import RunBackend  # noqa: E402
 from multimodal.train.build import build_run  # noqa: E402
 from multimodal.train.config import load_experiment  # noqa: E402
 
@@ -343,7 +344,7 @@ def test_a_released_llada_folder_chats_through_its_template(tmp_path, capsys):
     from multimodal.chat import chat_prompt_ids
     from multimodal.cli import main
     from multimodal.sampling import SamplerConfig
-    from multimodal.serve.backend import LLaDABackend
+    from multimodal.sources import LLaDABackend
     from tests.test_chat import llada_tokenizer_folder
 
     torch.manual_seed(0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from multimodal.types import ModalityIO
 from tasks.records import BadRecord
 from tasks.vqa import VQAConfig, VQATask, caption
 from tasks.vqa_data import read_llava_json, read_shards
+from tests.conftest import write_tar
 
 
 def png(colour=(255, 0, 0), size=32) -> bytes:
@@ -64,20 +64,18 @@ def test_llava_json_reader_skips_and_counts_broken_records(llava):
 
 def test_shard_reader_skips_and_counts_broken_samples(tmp_path):
     path = tmp_path / "train-00000.tar"
-    with tarfile.open(path, "w") as tar:
-
-        def add(name, data):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-        add("k1.png", png())
-        add("k1.json", json.dumps({"id": "k1", "image": "k1.png", "conversations": conv()}).encode())
-        add("k2.png", b"garbage")
-        add("k2.json", json.dumps({"id": "k2", "image": "k2.png", "conversations": conv()}).encode())
-        add("k3.png", png())
-        add("k4.png", png())
-        add("k4.json", b"{not json")
+    write_tar(
+        path,
+        [
+            ("k1.png", png()),
+            ("k1.json", json.dumps({"id": "k1", "image": "k1.png", "conversations": conv()}).encode()),
+            ("k2.png", b"garbage"),
+            ("k2.json", json.dumps({"id": "k2", "image": "k2.png", "conversations": conv()}).encode()),
+            ("k3.png", png()),
+            ("k4.png", png()),
+            ("k4.json", b"{not json"),
+        ],
+    )
     records, stats = read_shards([path])
     assert [r["id"] for r in records] == ["k1"]
     assert dict(stats.skipped) == {"corrupt image": 1, "no JSON metadata": 2}

@@ -6,7 +6,7 @@ transcript makes it learn to hear within minutes. The targets are each row's ans
 padding excluded); the blank is the padding id, which never occurs in answers. Pretrained towers
 (Whisper) do not need it.
 
-At evaluation the head's best-path transcripts (`ctc_greedy`) are scored next to the diffusion
+At evaluation the head's best-path transcripts (tasks/asr_ctc.py) are scored next to the diffusion
 decoder's: the gap between the two says whether the encoder or the backbone limits the WER.
 """
 
@@ -55,21 +55,3 @@ def ctc_auxiliary(
         )
         losses.append(loss)
     return torch.stack(losses).mean() if losses else None
-
-
-def ctc_greedy(logits: torch.Tensor, lengths: torch.Tensor, blank_id: int) -> list[list[int]]:
-    """Best-path CTC decoding: the most likely class of each real frame, repeats merged, blanks dropped.
-
-    Args:
-        logits: (n, T, V) frame scores.
-        lengths: (n,) real frames per item.
-        blank_id: the blank class.
-
-    Returns:
-        One token-id list per item.
-    """
-    out = []
-    for best, n in zip(logits.argmax(-1).tolist(), lengths.tolist(), strict=True):
-        ids = [t for i, t in enumerate(best[:n]) if t != blank_id and (i == 0 or t != best[i - 1])]
-        out.append(ids)
-    return out

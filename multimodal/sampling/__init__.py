@@ -24,12 +24,16 @@ from multimodal.sampling.base import (
     StepInfo,
     create_sampler,
     list_samplers,
+    merge_sampler,
     sampler_config_class,
 )
 from multimodal.sampling.generate import generate, infill
+from multimodal.sampling.loop_settings import LOOP_FIELDS, LoopSettings
 
 __all__ = [
+    "LOOP_FIELDS",
     "SAMPLERS",
+    "LoopSettings",
     "Sampler",
     "SamplerConfig",
     "SamplerError",
@@ -39,5 +43,6 @@ __all__ = [
     "generate",
     "infill",
     "list_samplers",
+    "merge_sampler",
     "sampler_config_class",
 ]

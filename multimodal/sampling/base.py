@@ -11,14 +11,15 @@ order) and, for parallel policies, `select` (how many).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import torch
 
-from multimodal.registry import new_registry, suggest
-from multimodal.sampling.caches import CACHES
-from multimodal.sampling.compiled import COMPILE_MODES
+from multimodal.config import ConfigError, from_dict
+from multimodal.registry import new_registry
+from multimodal.sampling.loop_settings import LoopSettings, SamplerError
 
 SAMPLERS = new_registry("sampler", "sampler")
 
@@ -27,71 +28,39 @@ SAMPLERS = new_registry("sampler", "sampler")
 EOS_PENALTY = 1.0e6
 
 
-class SamplerError(ValueError):
-    """A decoding request whose shapes cannot work (reported as one line by the CLI)."""
-
-
 @dataclass
-class SamplerConfig:
-    """Decoding settings shared by every policy.
+class SamplerConfig(LoopSettings):
+    """A commit policy's settings, with the loop settings it decodes under (loop_settings.py).
 
     Attributes:
         name: registered policy name.
         steps: total denoising steps over the whole answer (split evenly across blocks).
         gen_length: answer canvas length in tokens.
-        block_length: semi-autoregressive block size (== gen_length: one block).
         temperature: Gumbel temperature; 0 is plain argmax.
-        cfg_scale: classifier-free guidance scale s (logits = u + (s + 1)(c - u)); 0 disables it.
         forbid_eos: never propose EOS as a candidate.
         forbid_ids: token ids never proposed as candidates (LLaDA-V: BOS, EOS and the header tokens;
             DSM: every non-residue token).
         eos_lowest_confidence: commit EOS/EoT candidates only after every other candidate.
         stop_at_eos: once an EOS is committed, everything after it becomes EOS and the sequence
             stops there (later blocks are skipped).
-        cache: a registered cache policy (caches.py): ``none``, Fast-dLLM ``prefix`` or ``dual``
-            (approximate, refreshed once per block), ``block`` (exact; needs block-causal attention) or
-            dKV-style ``delayed``.
-        refresh_every: with the delayed cache, a full forward refreshes the cache every this many steps.
-        attention: ``full`` (bidirectional, LLaDA) or ``block_causal`` (a position sees the prompt,
-            earlier blocks and its own block).
-        compile: run the step's model call through ``torch.compile``: ``none`` (eager), ``default``
-            (Inductor kernels) or ``reduce-overhead`` (the same replayed as CUDA graphs on CUDA; the KV
-            cache is kept per model for the next generation, one generation at a time). The first
-            generation compiles (tens of seconds), as does the first with a new prompt width or batch
-            size (once: sizes then become symbolic). See compiled.py.
+        (block_length, cfg_scale, cache, refresh_every, attention, compile: `LoopSettings`)
     """
 
     name: str = "low_confidence"
     steps: int = 128
     gen_length: int = 128
-    block_length: int = 128
     temperature: float = 0.0
-    cfg_scale: float = 0.0
     forbid_eos: bool = False
     forbid_ids: list[int] = field(default_factory=list)
     eos_lowest_confidence: bool = False
     stop_at_eos: bool = False
-    cache: str = "none"
-    attention: Literal["full", "block_causal"] = "full"
-    refresh_every: int = 8
-    compile: Literal["none", "default", "reduce-overhead"] = "none"
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.gen_length <= 0 or self.block_length <= 0:
             raise SamplerError("steps, gen_length and block_length must be positive")
         if self.temperature < 0:
             raise SamplerError(f"temperature must be >= 0, got {self.temperature}")
-        if self.cache not in CACHES:
-            known = CACHES.names()
-            raise SamplerError(f"unknown cache '{self.cache}'{suggest(self.cache, known)} ({', '.join(known)})")
-        if self.refresh_every <= 0:
-            raise SamplerError(f"refresh_every must be positive, got {self.refresh_every}")
-        if self.attention not in ("full", "block_causal"):
-            raise SamplerError(f"unknown attention '{self.attention}' (full, block_causal)")
-        if self.compile not in COMPILE_MODES:
-            raise SamplerError(f"unknown compile mode '{self.compile}' ({', '.join(COMPILE_MODES)})")
-        if CACHES.get(self.cache).needs_block_causal and self.attention != "block_causal":
-            raise SamplerError(f"cache '{self.cache}' is exact only with attention 'block_causal'; use prefix or dual")
+        super().__post_init__()
         if self.gen_length % self.block_length:
             raise SamplerError(f"gen_length {self.gen_length} is not divisible by block_length {self.block_length}")
         if self.steps % (self.gen_length // self.block_length):
@@ -99,6 +68,34 @@ class SamplerConfig:
                 f"steps {self.steps} is not divisible by the number of blocks {self.gen_length // self.block_length} "
                 "(gen_length / block_length)"
             )
+
+
+def merge_sampler(
+    base: SamplerConfig, changes: Mapping[str, Any], fixed: Collection[str] = (), fixed_by: str = "the server"
+) -> SamplerConfig:
+    """`base` with `changes` applied: the one place settings are overridden (the command line's
+    ``--set sampler.*`` on a released folder, a server request, a task's own defaults).
+
+    ``name`` in `changes` switches the policy: the new one keeps every setting of `base` it also has.
+    Unknown keys and bad values raise ConfigError naming ``sampler.<key>``; keys in `fixed` may not be
+    changed (ConfigError naming `fixed_by`, whose value they keep).
+    """
+    changes = dict(changes)
+    held = sorted(k for k in changes if k in fixed)
+    if held:
+        raise ConfigError(f"sampler.{held[0]} is {fixed_by}'s setting ({getattr(base, held[0])!r}), not a request's")
+    name = changes.pop("name", base.name)
+    try:
+        cls = sampler_config_class(name)
+    except KeyError as err:
+        raise ConfigError(f"sampler.name: {err.args[0]}") from None
+    known = {f.name for f in fields(cls)}
+    values = {k: v for k, v in asdict(base).items() if k in known}
+    values.update(changes, name=name)
+    try:
+        return from_dict(cls, values, "sampler.")
+    except SamplerError as err:
+        raise ConfigError(str(err)) from None
 
 
 @dataclass(frozen=True)

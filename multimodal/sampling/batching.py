@@ -7,20 +7,36 @@ anyway (a full forward at the block's first step), so it is where a server can c
 and cancelled ones and admits waiting ones for the next block. Each sequence keeps its own prompt
 length, answer length, step count, commit policy, temperature, EOS rule and random generator (a
 `Row`); what one model call must share stays with the batch: block length, cache, attention,
-guidance and compile mode (a `SamplerConfig`).
+guidance and compile mode (its `LoopSettings`).
 
-Layout of a cycle: row i's canvas (prompt + answer blocks) is placed so that its current block falls
-on the same columns [S, S + block) as every other row's: left padding before the shorter prefixes,
-right padding after the shorter remainders, both hidden from attention; rotary positions count from
-each row's first real token and block-causal attention uses each row's own blocks, so every row sees
-exactly what it would see decoded alone. Each row draws its noise from its own generator and its
-sampler is called only at the steps it would run alone (`RowSamplers`), so a sequence decodes the same
-tokens whether it runs alone or among others joining and leaving (tests/test_batching.py).
+Layout of a cycle: the active rows are split into groups of similar length (`partition`), and
+each group is one canvas and one model call per step. Within a group, row i's canvas (prompt + answer
+blocks) is placed so that its current block falls on the same columns [S, S + block) as every other
+row's: left padding before the shorter prefixes, right padding after the shorter remainders, both
+hidden from attention; rotary positions count from each row's first real token and block-causal
+attention uses each row's own blocks, so every row sees exactly what it would see decoded alone. Each
+row draws its noise from its own generator and its sampler is called only at the steps it would run
+alone (`RowSamplers`), so a sequence decodes the same tokens whether it runs alone or among others
+joining and leaving, in whichever group (tests/test_batching.py).
 
-The cycle's `CanvasForward` holds one cache row per sequence. While the batch composition does not
-change it is kept across blocks (the exact block cache then carries over as in `generate`); when a
-sequence joins or leaves, the next cycle lays the canvas out again and its first step is a full
-forward, which Fast-dLLM's prefix and dual caches run at every block start in any case.
+Why groups: one canvas for all rows is as wide as the longest prefix + block + the longest remainder,
+so with mixed prompt and answer lengths part of every step computes padding (`padding` counts it: 33 %
+of the columns for 32 mixed requests, benchmarks/serve.py). Aligning rows on their current block adds
+little of that (rows that join together share a block index; for that workload all-at-once gives
+27.8 % aligned vs 27.3 % with a per-row block offset); the rest is rows shorter than the longest,
+which only separate calls remove. A call's cost does not fall with its size below a point, though (on
+2 CPU cores a `llada_small` call of a few hundred columns costs about as much per column as one of
+thousands, a 40-column call 2-3x more), so `partition` sorts the rows by prefix length and cuts them
+into contiguous groups minimising the sum over groups of max(rows x width, `call_columns`), by
+dynamic programming: a split is made only when both sides stay large enough to keep the device busy
+and it saves columns. The default (4,096) keeps one canvas for a CPU-sized batch; a compute-bound
+GPU batch of long sequences splits.
+
+Each group's `CanvasForward` holds one cache row per sequence. While the batch composition does not
+change the groups are kept across blocks (the exact block cache then carries over as in `generate`);
+when a sequence joins or leaves, the next cycle partitions and lays the canvases out again and their
+first step is a full forward, which Fast-dLLM's prefix and dual caches run at every block start in
+any case.
 
 The steps of a block are the one loop of generate.py (`decode_block`).
 """
@@ -36,6 +52,7 @@ import torch
 from multimodal.sampling.base import Sampler, SamplerConfig, SamplerError, SpecialIds, StepInfo
 from multimodal.sampling.forward import CanvasForward
 from multimodal.sampling.generate import decode_block
+from multimodal.sampling.loop_settings import LoopSettings
 
 
 @dataclass(eq=False)
@@ -144,31 +161,89 @@ class RowSamplers:
         return x0, commit
 
 
+@dataclass(eq=False)
+class Group:
+    """Rows decoded on one canvas: their model calls and where each row starts on it."""
+
+    rows: list[Row]
+    forward: CanvasForward
+    offsets: list[int]
+    b: int = 0  # the current block's index in forward.blocks
+
+
+def span(rows: list[Row], block_length: int) -> tuple[int, int]:
+    """(columns before the current block, columns after it) of one canvas holding `rows`."""
+    before = max(len(r.prompt) + r.block * block_length for r in rows)
+    after = max(len(r.tokens) - len(r.prompt) - (r.block + 1) * block_length for r in rows)
+    return before, after
+
+
+def partition(rows: list[Row], block_length: int, call_columns: int, limit: int | None = None) -> list[list[Row]]:
+    """Cut `rows` into groups decoded as separate canvases (module docstring).
+
+    Rows sorted by prefix length (then remainder) are cut into contiguous runs; a run of n rows whose
+    canvas is W columns wide costs max(n * W, call_columns) (a model call of fewer columns takes about
+    as long as one of `call_columns`), and no canvas may be wider than `limit`. Dynamic programming
+    over the cut points finds the cheapest cutting; ties keep fewer groups.
+    """
+    order = sorted(rows, key=lambda r: (len(r.prompt) + r.block * block_length, len(r.tokens) - len(r.prompt)))
+    n = len(order)
+    best = [(0, 0)] + [(float("inf"), 0)] * n  # best[j]: (cost, groups) of the cheapest cutting of order[:j]
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        before = after = 0
+        for i in range(j - 1, -1, -1):  # the last group is order[i:j]
+            b, a = span([order[i]], block_length)
+            before, after = max(before, b), max(after, a)
+            width = before + block_length + after
+            if limit is not None and width > limit and i < j - 1:
+                break  # wider groups only get wider
+            cost = (best[i][0] + max((j - i) * width, call_columns), best[i][1] + 1)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
 class ContinuousBatch:
     """Rows decoded together, block by block, joining and leaving at block boundaries (module docstring).
 
     Args:
         model: the model of generate.py (backbone or multimodal model).
         special: mask / EOS / EoT ids.
-        config: what every row shares: block_length, cache, attention, cfg_scale, compile (its other
-            fields are unused: each row has its own).
+        config: what every row shares (a `LoopSettings`, or a sampler config whose loop settings are taken).
         pad_id: id of the padding columns (hidden from attention).
         max_rows: most rows decoded together.
+        call_columns: the fewest canvas columns (rows x width) a model call is charged (`partition`):
+            0 splits wherever that saves columns, a very large value keeps one canvas.
     """
 
-    def __init__(self, model: Any, special: SpecialIds, config: SamplerConfig, pad_id: int = 0, max_rows: int = 32):
+    def __init__(
+        self,
+        model: Any,
+        special: SpecialIds,
+        config: LoopSettings,
+        pad_id: int = 0,
+        max_rows: int = 32,
+        call_columns: int = 4096,
+    ):
         if max_rows <= 0:
             raise SamplerError(f"max_rows must be positive, got {max_rows}")
-        self.model, self.special, self.config, self.pad_id, self.max_rows = model, special, config, pad_id, max_rows
+        self.model, self.special, self.pad_id, self.max_rows = model, special, pad_id, max_rows
+        self.config = config.loop
+        self.call_columns = call_columns
         self.limit = getattr(getattr(model, "config", None), "max_seq_len", None)
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.active: list[Row] = []
         self.waiting: list[Row] = []
-        self.forward: CanvasForward | None = None
-        self.offsets: list[int] = []
-        self.b = 0  # the current block's index in self.forward.blocks
+        self.groups: list[Group] = []
         self.calls = 0  # model calls run, all cycles
         self.peak = 0  # most rows decoded together so far
+        self.columns = 0  # canvas columns (rows x width) of every model call, all cycles
+        self.filled = 0  # those holding a row's own token (the rest is padding)
 
     # ---- admission
 
@@ -199,80 +274,88 @@ class ContinuousBatch:
     def idle(self) -> bool:
         return not self.active and not self.waiting
 
-    def _width(self, rows: list[Row]) -> int:
-        bl = self.config.block_length
-        before = max(len(r.prompt) + r.block * bl for r in rows)
-        after = max(len(r.tokens) - len(r.prompt) - (r.block + 1) * bl for r in rows)
-        return before + bl + after
+    @property
+    def padding(self) -> float:
+        """The share of padding in the canvases the model has run (0 when none ran)."""
+        return 1.0 - self.filled / self.columns if self.columns else 0.0
 
     def _admit(self) -> bool:
         """Drop cancelled rows, admit waiting ones (first come first served) while there is room; True if
-        the batch changed."""
+        the batch changed. A row always fits some canvas (`check`), so only `max_rows` bounds admission."""
         changed = any(r.cancelled for r in self.active)
         self.active = [r for r in self.active if not r.cancelled]
         self.waiting = [r for r in self.waiting if not r.cancelled]
         while self.waiting and len(self.active) < self.max_rows:
-            candidate = [*self.active, self.waiting[0]]
-            if self.active and self.limit is not None and self._width(candidate) > self.limit:
-                break  # the canvas would not fit the context: wait until rows leave
             self.active.append(self.waiting.pop(0))
             changed = True
         return changed
 
     # ---- one block of every row
 
-    def _layout(self) -> None:
-        """Place every active row on one canvas, current blocks aligned (module docstring)."""
-        rows, bl, dev = self.active, self.config.block_length, self.device
-        before = [len(r.prompt) + r.block * bl for r in rows]
-        after = [len(r.tokens) - b - bl for r, b in zip(rows, before, strict=True)]
-        s, tail = max(before), max(after)
+    def _layout(self, rows: list[Row]) -> Group:
+        """Place `rows` on one canvas, current blocks aligned (module docstring)."""
+        bl, dev = self.config.block_length, self.device
+        s, tail = span(rows, bl)
         width = s + bl + tail
         x = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=dev)
         attention = torch.zeros_like(x)
         conditioned = torch.zeros_like(x, dtype=torch.bool)
         block_index = torch.full_like(x, -width - 1)  # prompt and padding: before every block
-        self.offsets = []
-        for i, (r, b) in enumerate(zip(rows, before, strict=True)):
-            off = s - b
+        offsets = []
+        for i, r in enumerate(rows):
+            off = s - len(r.prompt) - r.block * bl
             x[i, off : off + len(r.tokens)] = r.tokens
             attention[i, off : off + len(r.tokens)] = 1
             conditioned[i, off : off + len(r.prompt)] = True
             answer = torch.arange(off + len(r.prompt), off + len(r.tokens), device=dev)
             block_index[i, answer] = torch.div(answer - s, bl, rounding_mode="floor")
-            self.offsets.append(off)
+            offsets.append(off)
         blocks = [(s + k * bl, s + (k + 1) * bl) for k in range(tail // bl + 1)]
         kwargs = _stack_media([r.media for r in rows], dev)
         causal = block_index if self.config.attention == "block_causal" else None
-        self.forward = CanvasForward(
+        forward = CanvasForward(
             self.model, x, attention, conditioned, blocks, self.config, self.special, kwargs, block_index=causal
         )
-        self.b = 0
+        return Group(rows, forward, offsets)
 
     @torch.no_grad()
     def step(self, callback: Callable[[StepInfo], None] | None = None) -> list[Row]:
         """Decode the next block of every active row (after admitting waiting rows); returns the rows that
         finished with it (their `tokens` final). Does nothing when no row is active or waiting."""
-        if self._admit() or self.forward is None:
+        if self._admit() or not self.groups:
             if not self.active:
-                self.forward = None
+                self.groups = []
                 return []
-            self._layout()
-        rows, fwd = self.active, self.forward
-        self.peak = max(self.peak, len(rows))
-        s, e = fwd.blocks[self.b]
+            parts = partition(self.active, self.config.block_length, self.call_columns, self.limit)
+            self.groups = [self._layout(rows) for rows in parts]
+        self.peak = max(self.peak, len(self.active))
+        finished = [r for group in self.groups for r in self._decode(group, callback)]
+        self.active = [r for r in self.active if not r.finished]
+        if finished:
+            self.groups = []  # the composition changes: partition and lay the canvases out again
+        else:
+            for group in self.groups:
+                group.b += 1
+        return finished
+
+    def _decode(self, group: Group, callback: Callable[[StepInfo], None] | None) -> list[Row]:
+        """One block of every row of `group`; returns the rows it finished."""
+        rows, fwd = group.rows, group.forward
+        s, e = fwd.blocks[group.b]
         width = fwd.x.shape[1]
         start = fwd.nfe
         commit = torch.full((len(rows), width - s), -2, dtype=torch.long, device=self.device)
         stop_rows = torch.tensor([r.config.stop_at_eos for r in rows], device=self.device)
-        step_cb = self._step_events(rows, s, callback) if callback or any(r.on_step for r in rows) else None
+        step_cb = self._step_events(group, s, callback) if callback or any(r.on_step for r in rows) else None
         samplers = RowSamplers(rows)
-        decode_block(fwd, self.b, samplers, self.special, None, 0, (s, width), commit, stop_rows, step_cb)
+        decode_block(fwd, group.b, samplers, self.special, None, 0, (s, width), commit, stop_rows, step_cb)
         calls = fwd.nfe - start
         self.calls += calls
+        self.columns += calls * len(rows) * width
+        self.filled += calls * sum(len(r.tokens) for r in rows)
         finished = []
         for i, r in enumerate(rows):
-            off, p = self.offsets[i], len(r.prompt)
+            off, p = group.offsets[i], len(r.prompt)
             r.tokens = fwd.x[i, off : off + len(r.tokens)].clone()
             # columns [s, width) of row i are its answer positions from (s - off - p) on
             lo = s - off - p
@@ -285,22 +368,17 @@ class ContinuousBatch:
                 r.block = r.num_blocks
             if r.finished:
                 finished.append(r)
-        self.active = [r for r in rows if not r.finished]
-        if finished:
-            self.forward = None  # the composition changes: lay the canvas out again
-        else:
-            self.b += 1
         return finished
 
-    def _step_events(self, rows: list[Row], s: int, callback) -> Callable[[StepInfo], None]:
+    def _step_events(self, group: Group, s: int, callback) -> Callable[[StepInfo], None]:
         def on_step(info: StepInfo) -> None:
             if callback is not None:
                 callback(info)
-            for i, r in enumerate(rows):
+            for i, r in enumerate(group.rows):
                 if r.on_step is None:
                     continue
                 cols = info.committed[i].nonzero().flatten()
-                answer_start = self.offsets[i] + len(r.prompt)
+                answer_start = group.offsets[i] + len(r.prompt)
                 r.on_step(r, (cols - answer_start).tolist(), info.x[i, cols].tolist())
 
         return on_step

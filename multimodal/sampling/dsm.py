@@ -42,27 +42,46 @@ class DSMConfig(SamplerConfig):
             raise SamplerError(f"step_divisor must be positive, got {self.step_divisor}")
         if self.steps_from not in ("row", "batch"):
             raise SamplerError(f"steps_from must be 'row' or 'batch', got {self.steps_from!r}")
+        if self.remasking not in REMASKING:
+            raise SamplerError(f"unknown remasking {self.remasking!r} ({', '.join(REMASKING)})")
+
+
+def _random(logits: torch.Tensor, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)
+
+
+def _low_confidence(logits: torch.Tensor, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return candidate_probability(logits, x0)
+
+
+def _low_logit(logits: torch.Tensor, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return logits.double().gather(-1, x0[..., None]).squeeze(-1)
+
+
+def _dual(logits: torch.Tensor, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return _low_confidence(logits, x0, generator) * _random(logits, x0, generator)
+
+
+# remasking rule -> (score of each candidate, whether the order is drawn at random)
+REMASKING = {
+    "random": (_random, True),
+    "low_confidence": (_low_confidence, False),
+    "low_logit": (_low_logit, False),
+    "dual": (_dual, True),
+}
 
 
 @SAMPLERS.register("dsm")
 class DSMSampler(Sampler):
     Config = DSMConfig
 
-    @property
-    def random_order(self) -> bool:
-        return self.config.remasking in ("random", "dual")
+    def __init__(self, config: DSMConfig):
+        super().__init__(config)
+        self._score, self.random_order = REMASKING[config.remasking]  # the rule, resolved once
 
     def steps_for(self, num_masked: torch.Tensor, block_length: int, steps_per_block: int) -> int:
         masks = num_masked.sum() if self.config.steps_from == "batch" else num_masked.max()
         return max(1, int(masks) // self.config.step_divisor)
 
     def confidence(self, logits: torch.Tensor, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        rule = self.config.remasking
-        if rule == "random":
-            return torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)
-        if rule == "low_logit":
-            return logits.double().gather(-1, x0[..., None]).squeeze(-1)
-        p = candidate_probability(logits, x0)
-        if rule == "dual":
-            return p * torch.rand(x0.shape, generator=generator, device=x0.device, dtype=torch.float64)
-        return p
+        return self._score(logits, x0, generator)

@@ -221,18 +221,3 @@ class Engine:
     def texts(self, out: SampleOutput) -> list[str]:
         """The answer text of every row of a generation."""
         return [self.text(row) for row in out.generated.cpu().tolist()]
-
-    def ctc_texts(self, out: SampleOutput) -> list[str] | None:
-        """Best-path transcripts of the first tower with a CTC head, one per row (a row's items joined), or
-        None when no tower has one (multimodal/diffusion/ctc.py: the head a speech tower trains with)."""
-        from multimodal.diffusion.ctc import ctc_greedy
-
-        for aux in out.extras.values():
-            if "ctc_logits" not in aux:
-                continue
-            texts = [""] * out.generated.shape[0]
-            hypotheses = ctc_greedy(aux["ctc_logits"].cpu(), aux["lengths"].cpu(), self.pad_id)
-            for row, ids in zip(aux["rows"].tolist(), hypotheses, strict=True):
-                texts[row] = f"{texts[row]} {self.tokenizer.decode(ids)}".strip()
-            return texts
-        return None

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 
 from multimodal.backbone.cache import KVCache
-from multimodal.sampling.base import SamplerConfig, SpecialIds
+from multimodal.sampling.base import SpecialIds
 from multimodal.sampling.caches import create_cache_policy
 from multimodal.sampling.compiled import ModelCall
+from multimodal.sampling.loop_settings import LoopSettings
 
 
 def block_ids(length: int, blocks: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
@@ -64,11 +65,12 @@ class CanvasForward:
         attention_mask: torch.Tensor | None,
         conditioned: torch.Tensor,
         blocks: list[tuple[int, int]],
-        config: SamplerConfig,
+        config: LoopSettings,
         special: SpecialIds,
         model_kwargs: dict[str, Any],
         block_index: torch.Tensor | None = None,
     ):
+        config = config.loop  # a sampler config carries its policy too: keep what the call shares
         self.model, self.x, self.config, self.special, self.kwargs = model, x, config, special, model_kwargs
         self.conditioned, self.blocks = conditioned, blocks
         b, n = x.shape

@@ -28,9 +28,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from multimodal.sampling import SamplerError
-from multimodal.serve.backend import Backend, RequestError, request_sampler
 from multimodal.serve.protocol import ChatRequest, CompletionRequest, Decoding, error, new_id, now, usage
+from multimodal.serve.request_sampler import request_sampler
 from multimodal.serve.scheduler import Draining, Job, QueueFull, Scheduler
+from multimodal.sources import Backend, RequestError
 from multimodal.types import PromptBatch
 
 log = logging.getLogger(__name__)

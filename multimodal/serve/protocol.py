@@ -22,7 +22,7 @@ from typing import Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from multimodal.serve.backend import RequestError, Turn
+from multimodal.sources import RequestError, Turn
 
 
 class ContentPart(BaseModel):

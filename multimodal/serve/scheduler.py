@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from multimodal.sampling.base import Sampler, SamplerConfig
+from multimodal.sampling.base import Sampler
 from multimodal.sampling.batching import ContinuousBatch, Row
 from multimodal.sampling.engine import Engine
+from multimodal.sampling.loop_settings import LoopSettings
 from multimodal.types import PromptBatch
 
 log = logging.getLogger(__name__)
@@ -78,14 +79,17 @@ class Scheduler:
 
     Args:
         engine: the model, tokenizer and special ids.
-        shared: what every row shares (block_length, cache, attention, cfg_scale, compile).
+        shared: the loop settings every row shares (block length, cache, attention, guidance, compile).
         max_batch: most jobs decoded together.
         max_queue: most jobs waiting for a slot; `submit` refuses beyond.
+        call_columns: the fewest canvas columns a model call is charged (batching.partition).
     """
 
-    def __init__(self, engine: Engine, shared: SamplerConfig, max_batch: int = 32, max_queue: int = 64):
-        self.engine, self.shared, self.max_queue = engine, shared, max_queue
-        self.batch = ContinuousBatch(engine.model, engine.special, shared, engine.pad_id, max_batch)
+    def __init__(
+        self, engine: Engine, shared: LoopSettings, max_batch: int = 32, max_queue: int = 64, call_columns: int = 4096
+    ):
+        self.engine, self.shared, self.max_queue = engine, shared.loop, max_queue
+        self.batch = self._new_batch(max_batch, call_columns)
         self._intake: deque[Job] = deque()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -93,6 +97,10 @@ class Scheduler:
         self.draining = False
         self.served = 0
         self.cycles = 0
+
+    def _new_batch(self, max_rows: int, call_columns: int) -> ContinuousBatch:
+        e = self.engine
+        return ContinuousBatch(e.model, e.special, self.shared, e.pad_id, max_rows, call_columns)
 
     # ---- called from the server
 
@@ -169,6 +177,11 @@ class Scheduler:
                 self._take()
                 if self.batch.idle:
                     if self._stop:
+                        b = self.batch
+                        log.info(
+                            "decoded %d requests in %d model calls (up to %d rows together); padding %.1f%% of the "
+                            "canvas columns", self.served, b.calls, b.peak, 100 * b.padding,
+                        )  # fmt: skip
                         return
                     continue
                 try:
@@ -177,9 +190,7 @@ class Scheduler:
                     log.exception("decoding failed")
                     for row in [*self.batch.active, *self.batch.waiting]:
                         row.tag.emit("error", f"decoding failed: {err}")
-                    self.batch = ContinuousBatch(
-                        self.engine.model, self.engine.special, self.shared, self.engine.pad_id, self.batch.max_rows
-                    )
+                    self.batch = self._new_batch(self.batch.max_rows, self.batch.call_columns)
                     continue
                 self.cycles += 1
                 bl = self.shared.block_length

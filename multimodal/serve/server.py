@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from multimodal.serve.app import create_app
-from multimodal.serve.backend import Backend
 from multimodal.serve.scheduler import Scheduler
+from multimodal.sources import Backend
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,16 @@ def build_server(
     port: int = 8000,
     max_batch: int = 32,
     max_queue: int = 64,
+    call_columns: int = 4096,
     drain_timeout: float = 60.0,
     log_level: str = "info",
 ) -> Any:
     """A uvicorn server (not started) over `backend`, with its scheduler running."""
     import uvicorn
 
-    scheduler = Scheduler(backend.engine, backend.engine.sampler_config, max_batch, max_queue).start()
+    scheduler = Scheduler(
+        backend.engine, backend.engine.sampler_config.loop, max_batch, max_queue, call_columns
+    ).start()
     config = uvicorn.Config(
         create_app(backend, scheduler),
         host=host,

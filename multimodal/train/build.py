@@ -22,6 +22,7 @@ from torch import nn
 from multimodal.backbone import LLaDABackbone, create_backbone
 from multimodal.backbone.convert import load_llada_checkpoint
 from multimodal.checkpoint import CONFIG, load_weights
+from multimodal.device import pick_device
 from multimodal.lora import add_lora, load_peft_lora
 from multimodal.model import MultimodalDiffusionModel
 from multimodal.sampling.engine import Engine
@@ -182,14 +183,6 @@ class Run:
             seed=cfg.seed,
             batch_size=batch_size or cfg.train.eval_batch_size,
         )
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
 
 
 def build_run(config: ExperimentConfig, tokenizer: BuiltinTokenizer | HFTokenizer | None = None) -> Run:

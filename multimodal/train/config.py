@@ -19,14 +19,16 @@ from multimodal.diffusion.objective import DiffusionConfig
 from multimodal.registry import suggest
 from multimodal.sampling import SamplerConfig, sampler_config_class
 from multimodal.tokenizer import TokenizerConfig
+from multimodal.train.optim import OptimConfig
 from tasks import TaskConfig, task_config_class
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation and trainer settings.
+class TrainConfig(OptimConfig):
+    """Optimisation and trainer settings (lr, min_lr_ratio, warmup_steps, weight_decay, betas, grad_clip:
+    `OptimConfig`, train/optim.py).
 
     Attributes:
         max_steps: optimiser steps.
@@ -35,12 +37,6 @@ class TrainConfig:
             attention and positions (multimodal/train/packing.py); 0 = off. batch_size then counts
             documents per step and the number of rows per step varies. Needs the LLaDA backbone and no
             modalities.
-        lr: peak learning rate (AdamW).
-        min_lr_ratio: final learning rate as a fraction of the peak (cosine decay).
-        warmup_steps: linear warm-up steps.
-        weight_decay: AdamW decay on matrices (never on norms or other vectors).
-        betas: AdamW betas.
-        grad_clip: gradient-norm clip (0 disables).
         precision: ``auto`` (bf16 mixed on a bf16-capable GPU, else fp32), or a Lightning precision.
         accelerator: Lightning accelerator (auto, cpu, gpu).
         strategy: ``auto`` (one process), ``ddp`` (one process per device, started by torchrun, SLURM or
@@ -102,12 +98,6 @@ class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 64
     pack_length: int = 0
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
     precision: str = "auto"
     accelerator: str = "auto"
     strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"

@@ -34,6 +34,7 @@ import torch
 from encoders.contrastive import ContrastiveConfig
 from multimodal.config import ConfigError, apply_overrides, dump, from_dict, load_yaml
 from multimodal.train.config import CONFIG_ROOT
+from multimodal.train.optim import OptimConfig
 from tasks import TaskConfig, task_config_class
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,12 @@ class TowerConfig:
 
 
 @dataclass
-class ContrastiveTrainConfig:
-    """Optimisation of the contrastive run (AdamW, warm-up + cosine, as the diffusion runs).
+class ContrastiveTrainConfig(OptimConfig):
+    """Optimisation of the contrastive run (`OptimConfig`: AdamW, warm-up + cosine, as the diffusion runs;
+    a shorter warm-up and CLIP's betas by default).
 
     Attributes:
         steps: optimiser steps; batch_size: image-caption pairs per step (the negatives of each other).
-        lr, min_lr_ratio, warmup_steps, weight_decay, betas, grad_clip: as in `train` of an experiment.
         shuffle_parts: shuffle the ", "-separated parts of each caption at every draw.
         hard_negatives: NegCLIP's loss with one word-swapped caption per image (module docstring);
             false: open_clip's ClipLoss on in-batch negatives only.
@@ -62,14 +63,10 @@ class ContrastiveTrainConfig:
         threads: CPU threads for torch; log_every: steps between metric lines; output_dir: parent of run folders.
     """
 
+    warmup_steps: int = 50
+    betas: tuple[float, float] = (0.9, 0.98)
     steps: int = 600
     batch_size: int = 256
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)
-    grad_clip: float = 1.0
     shuffle_parts: bool = True
     hard_negatives: bool = True
     eval_every: int = 100
@@ -231,9 +228,7 @@ def pretrain_tower(config: PretrainConfig) -> Path:
     val_negative_ids = vocab.encode([hard_negative(c, slots, fixed) for c in val_captions], config.heads.max_text_len)
     val_negative_ids = val_negative_ids.to(device)
     model = ContrastiveTowers(tower, len(vocab), config.heads).to(device)
-    optimizer, scheduler = build_optimizer(
-        model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio
-    )
+    optimizer, scheduler = build_optimizer(model, cfg, cfg.steps)
     loss_fn = ClipLoss()
     folder = claim_folder(Path(cfg.output_dir) / config.name, resume=False)
     folder.mkdir(parents=True, exist_ok=True)

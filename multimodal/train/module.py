@@ -150,18 +150,7 @@ class DiffusionModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.train_cfg
-        optimizer, scheduler = build_optimizer(
-            self.model,
-            cfg.lr,
-            cfg.weight_decay,
-            cfg.betas,
-            cfg.max_steps,
-            cfg.warmup_steps,
-            cfg.min_lr_ratio,
-            cfg.part_lr,
-            part_of,
-            self.matrices,
-        )
+        optimizer, scheduler = build_optimizer(self.model, cfg, cfg.max_steps, cfg.part_lr, part_of, self.matrices)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def transfer_batch_to_device(self, batch: MultimodalBatch, device: torch.device, dataloader_idx: int):

@@ -1,14 +1,40 @@
-"""AdamW with decay only on matrices and a learning rate per model part, and a linear warm-up + cosine schedule."""
+"""AdamW with decay only on matrices and a learning rate per model part, and a linear warm-up + cosine schedule.
+
+`OptimConfig` is the one set of optimiser settings: an experiment's ``train:`` section (TrainConfig) and a
+tower pre-training run's (contrastive.py) both extend it, so the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a linear warm-up and a cosine decay.
+
+    Attributes:
+        lr: peak learning rate (AdamW).
+        min_lr_ratio: final learning rate as a fraction of the peak (cosine decay).
+        warmup_steps: linear warm-up steps.
+        weight_decay: AdamW decay on matrices (never on norms or other vectors).
+        betas: AdamW betas.
+        grad_clip: gradient-norm clip (0 disables).
+    """
+
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
 
 
 def original_name(name: str) -> str:
@@ -59,17 +85,15 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 def build_optimizer(
     model: nn.Module,
-    lr: float,
-    weight_decay: float,
-    betas: tuple[float, float],
+    optim: OptimConfig,
     total_steps: int,
-    warmup_steps: int,
-    min_lr_ratio: float,
     part_lr: dict[str, float] | None = None,
     part_of: Callable[[str], str] | None = None,
     matrices: set[str] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    groups = param_groups(model, weight_decay, lr, part_lr, part_of, matrices)
+    """AdamW over `model`'s trainable parameters (param_groups) and its warm-up + cosine schedule."""
+    lr, betas, warmup_steps, min_lr_ratio = optim.lr, optim.betas, optim.warmup_steps, optim.min_lr_ratio
+    groups = param_groups(model, optim.weight_decay, lr, part_lr, part_of, matrices)
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen (check train.trainable)")
     fused = all(p.is_cuda for g in groups for p in g["params"])

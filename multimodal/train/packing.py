@@ -70,8 +70,8 @@ def document_from_batch(batch: MultimodalBatch, index: int = 0) -> Document:
     name = batch.meta[0].get("id", index) if batch.meta else index
     if batch.input_ids.shape[0] != 1:
         raise ValueError(f"sample {name}: the collate returned {batch.input_ids.shape[0]} rows for one sample")
-    if batch.modality_inputs or batch.placeholders:
-        kinds = ", ".join(sorted({*batch.modality_inputs, *batch.placeholders}))
+    if batch.modality_inputs:
+        kinds = ", ".join(sorted(batch.modality_inputs))
         raise ValueError(f"sample {name} has modality inputs ({kinds}): sequence packing takes token-only samples")
     keep = torch.ones_like(batch.input_ids[0], dtype=torch.bool)
     if batch.attention_mask is not None:

@@ -1,5 +1,8 @@
 """Media in prompts: placeholder expansion and item stacking, shared by tasks and released-model prompts.
 
+Collation, not decoding: its users lay prompts out (tasks/base.py, llada_v.py), so it sits beside
+types.py, which tasks may import, rather than in sampling/.
+
 A prompt names each media item by one placeholder token; the model splices as many embeddings as
 the item gives (multimodal/model.py), so before decoding each placeholder is repeated that many
 times, and the items of a batch are stacked as (B, K, ...) with a (B, K) mask of those present

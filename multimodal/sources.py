@@ -1,36 +1,78 @@
-"""What the server serves: a model with its tokenizer, and how a request becomes a prompt.
+"""Where a model comes from: one of our runs, or a released LLaDA / LLaDA-V folder, opened the same way
+by every verb (`mmdiff sample`, `chat`, `serve`, `lm-eval`, `lmms-eval`), the server and the harnesses.
 
-* `RunBackend` (``mmdiff serve --run DIR``): one of our runs. Its task lays a request out the way it
-  lays out a typed prompt (`Task.layout_for_prompt`): the last user turn's text with its image or
-  audio, earlier turns as history, so a served run answers exactly as `mmdiff sample` does. Default
-  decoding: the run's sampler config.
-* `LLaDABackend` (``mmdiff serve --llada DIR``): a released LLaDA folder (config.json, safetensors,
-  tokenizer). Chat goes through the tokenizer's own chat template (multimodal/chat.py), completions
-  are the text as given. A LLaDA-V folder also takes images: its ``llava_llada`` conversation
+`open_source(run=..., llada=..., overrides=...)` returns a `Backend`: the `Engine` (model, tokenizer,
+decoding settings), the id clients name, what the model takes besides text, and how a chat or a plain
+text becomes a prompt:
+
+* `RunBackend` (``--run DIR``): one of our runs. Its task lays a request out the way it lays out a
+  typed prompt (`Task.layout_for_prompt`): the last user turn's text with its image or audio, earlier
+  turns as history, so a served run answers exactly as `mmdiff sample` does. Decoding: the run's
+  sampler config with the ``--set`` overrides applied (any run config key).
+* `LLaDABackend` (``--llada DIR``): a released LLaDA folder (config.json, safetensors, tokenizer).
+  Chat goes through the tokenizer's own chat template (multimodal/chat.py), completions are the text
+  as given. A LLaDA-V folder also takes images: its ``llava_llada`` conversation
   (multimodal/llada_v.py), with the release's suppressed tokens added to the sampler's forbid_ids.
-  Default decoding: LLaDA's reference settings (low-confidence remasking, 128 tokens in blocks of 32,
-  one token per step) unless the command overrides them.
+  Decoding: LLaDA's reference settings (low-confidence remasking, 128 tokens in blocks of 32, one
+  token per step) with ``--set sampler.<field>=<value>`` applied (`llada_sampler`).
 
-`request_sampler` turns a request's settings into its own sampler: ``max_tokens`` becomes the answer
-canvas (rounded up to whole blocks; the text is cut at ``max_tokens``), ``temperature`` the Gumbel
-temperature, and the extension field ``sampler`` any other field of a registered policy (``name``,
-``steps``, ``threshold``, ``stop_at_eos``, ...). What every request of one batch shares (block length,
-cache, attention, guidance, compile mode) is the server's and cannot be set per request.
+Why here and not in serve/: the command line, the harnesses and the server all open models, and only
+the server speaks HTTP; before, each CLI verb branched on run-or-folder by itself and chat imported
+the server's module for its `Turn`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from multimodal.config import ConfigError, from_dict
-from multimodal.sampling import Sampler, SamplerConfig, SamplerError, create_sampler, sampler_config_class
+from multimodal.config import ConfigError, apply_overrides
+from multimodal.device import pick_device
+from multimodal.sampling import SamplerConfig, merge_sampler
 from multimodal.sampling.engine import Engine
 from multimodal.types import PromptBatch
 
-SHARED_FIELDS = ("block_length", "cache", "attention", "cfg_scale", "compile", "refresh_every")
 LLADA_DEFAULT = SamplerConfig(steps=128, gen_length=128, block_length=32)
+
+
+def open_source(
+    run: str | Path | None = None,
+    llada: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    device: str = "auto",
+    dtype: str | None = None,
+    vision_heads: int = 16,
+    command: str = "mmdiff",
+) -> Backend:
+    """The backend of a run folder (`run`) or of a released LLaDA / LLaDA-V folder (`llada`), exactly one.
+
+    Args:
+        overrides: ``--set KEY=VALUE`` strings: any run config key for a run, ``sampler.*`` for a folder.
+        device, dtype, vision_heads: a folder's placement, weight dtype (float32 | bfloat16 | float16) and
+            SigLIP heads (a run has its own).
+        command: names the command in errors.
+    """
+    if (run is None) == (llada is None):
+        raise ValueError(f"{command} needs one of a run folder or a LLaDA folder")
+    if run is not None:
+        from multimodal.train.build import load_run  # the application layer: tasks, checkpoints
+
+        return RunBackend(load_run(run, overrides))
+    import torch
+
+    sampler = llada_sampler(overrides, command)
+    weights = getattr(torch, dtype) if dtype else None
+    return LLaDABackend(llada, sampler, pick_device(device), weights, vision_heads)
+
+
+def llada_sampler(overrides: list[str] | tuple[str, ...], command: str) -> SamplerConfig:
+    """A LLaDA folder's decoding: LLaDA's defaults with ``--set sampler.<field>=<value>`` applied."""
+    data = apply_overrides({}, list(overrides))
+    if set(data) - {"sampler"}:
+        raise ConfigError(f"{command} takes only sampler.* overrides, not {', '.join(sorted(set(data) - {'sampler'}))}")
+    return merge_sampler(LLADA_DEFAULT, data.get("sampler", {}))
 
 
 class RequestError(ValueError):
@@ -175,35 +217,3 @@ class LLaDABackend(Backend):
 
     def completion(self, text: str) -> PromptBatch:
         return PromptBatch([self.engine.tokenizer.encode(text)])
-
-
-def request_sampler(
-    default: SamplerConfig, max_tokens: int | None, temperature: float | None, extra: dict[str, Any] | None
-) -> Sampler:
-    """The request's own sampler (module docstring); RequestError names what is wrong."""
-    extra = dict(extra or {})
-    shared = {k: getattr(default, k) for k in SHARED_FIELDS}
-    fixed = sorted(set(extra) & set(SHARED_FIELDS))
-    if fixed:
-        raise RequestError(
-            f"sampler.{fixed[0]} is the server's setting ({shared[fixed[0]]!r}), not a request's", "sampler"
-        )
-    bl = default.block_length
-    name = extra.pop("name", default.name)
-    try:
-        cls = sampler_config_class(name)
-    except KeyError as err:
-        raise RequestError(f"sampler.name: {err.args[0]}", "sampler") from None
-    known = {f.name for f in fields(cls)}
-    values = {k: v for k, v in asdict(default).items() if k in known}  # a new policy keeps the common settings
-    per_block = default.steps // (default.gen_length // bl)
-    gen = default.gen_length if max_tokens is None else -(-max_tokens // bl) * bl
-    values.update(name=name, gen_length=gen, steps=per_block * (gen // bl))
-    if temperature is not None:
-        values["temperature"] = temperature
-    values.update(extra)
-    values.update(shared)
-    try:
-        return create_sampler(from_dict(cls, values, "sampler."))
-    except (ConfigError, SamplerError) as err:
-        raise RequestError(str(err), "sampler") from None

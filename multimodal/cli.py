@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", help="LLaDA folder: auto, cpu or cuda")
         p.add_argument("--vision-heads", type=int, default=16, help="LLaDA-V folder: the SigLIP tower's heads")
 
+    def with_media(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--media",
+            action="append",
+            default=[],
+            metavar="MODALITY=FILE",
+            help="a media file by modality, e.g. image=cat.png (--image and --audio are short for it)",
+        )
+
     def with_harness(p: argparse.ArgumentParser, tasks_help: str) -> None:
         p.add_argument("--tasks", required=True, help=tasks_help)
         p.add_argument("--include-path", default=None, help="a folder of local task YAMLs")
@@ -71,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable)")
     p.add_argument("--image", default=None, help="an image file for the prompt (vision runs)")
     p.add_argument("--audio", default=None, help="an audio file for the prompt (speech runs)")
+    with_media(p)
     with_overrides(p)
     p.add_argument(
         "--show-steps",
@@ -85,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=None, help="user turns in order (default: read from stdin)")
     p.add_argument("--system", default=None, help="a system message before the first turn")
     p.add_argument("--image", default=None, help="LLaDA-V folder: an image file for the first turn")
+    with_media(p)
     with_overrides(p)
 
     p = sub.add_parser("lm-eval", help="run lm-evaluation-harness tasks on a run or a LLaDA folder (mmdiff[eval])")
@@ -362,7 +373,7 @@ def _sample(run, args: argparse.Namespace) -> int:
                 f"mmdiff sample: warning: {shown} in {prompt!r} are not in the run's vocabulary (read as <unk>)",
                 file=sys.stderr,
             )
-    layouts = [run.task.layout_for_prompt(p, image=args.image, audio=args.audio) for p in args.prompt]
+    layouts = [run.task.layout_for_prompt(p, _media(args)) for p in args.prompt]
     probability, callback = None, None
     if args.show_steps:  # each answer token's probability when it was committed
         import torch
@@ -395,6 +406,20 @@ def _sample(run, args: argparse.Namespace) -> int:
     return 0
 
 
+def _media(args: argparse.Namespace) -> dict[str, str]:
+    """The prompt's media files by modality: ``--media MODALITY=FILE``, ``--image``, ``--audio``."""
+    media = {}
+    for item in args.media:
+        kind, sep, path = item.partition("=")
+        if not sep or not kind or not path:
+            raise ValueError(f"--media {item!r}: expected MODALITY=FILE, e.g. image=cat.png")
+        media[kind] = path
+    for kind in ("image", "audio"):
+        if getattr(args, kind, None):
+            media[kind] = getattr(args, kind)
+    return media
+
+
 def _llada_chat(args: argparse.Namespace, backend) -> int:
     """`mmdiff chat` and `mmdiff sample --llada`: a released LLaDA or LLaDA-V folder, LLaDA's decoding
     defaults (``--set sampler.<field>=<value>`` changes them). Chat keeps the conversation: every answer
@@ -402,7 +427,7 @@ def _llada_chat(args: argparse.Namespace, backend) -> int:
     from multimodal.sources import Turn
 
     engine = backend.engine
-    image = [Path(args.image).read_bytes()] if args.image else []
+    media = {kind: [Path(path).read_bytes()] for kind, path in _media(args).items()}
 
     def answer(turns: list[Turn]) -> str:
         return engine.texts(engine.generate(backend.chat(turns)))[0]
@@ -414,14 +439,14 @@ def _llada_chat(args: argparse.Namespace, backend) -> int:
             if args.raw:
                 text = engine.texts(engine.generate(backend.completion(prompt)))[0]
             else:
-                text = answer([Turn("user", prompt, images=image)])
+                text = answer([Turn("user", prompt, media=media)])
             print(f"{prompt} -> {text}")
         return 0
     turns = [Turn("system", args.system)] if args.system else []
     interactive = not args.prompt
     for text in args.prompt or _stdin_turns():
         first = not any(t.role == "user" for t in turns)
-        turns.append(Turn("user", text, images=image if first else []))
+        turns.append(Turn("user", text, media=media if first else {}))
         reply = answer(turns)
         turns.append(Turn("assistant", reply))
         print(reply if interactive else f"user: {text}\nassistant: {reply}", flush=True)

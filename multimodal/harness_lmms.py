@@ -52,7 +52,7 @@ class MMDiffLMMS(lmms):
             context, kwargs, doc_to_visual, doc_id, task, split = request.args
             visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual else []
             images = [image_bytes(v) for v in visuals or [] if v is not None]
-            batch = self.backend.chat([Turn("user", context, images=images)])
+            batch = self.backend.chat([Turn("user", context, media={"image": images})])
             tokens = kwargs.get("max_new_tokens", kwargs.get("max_gen_toks"))
             sampler = request_sampler(
                 engine.sampler_config, int(tokens) if tokens else None, float(kwargs.get("temperature", 0.0)), None

@@ -85,12 +85,11 @@ class RequestError(ValueError):
 
 @dataclass
 class Turn:
-    """One chat message: role, text, and media as bytes (images, audio clips)."""
+    """One chat message: role, text, and its media as bytes by modality (``image``, ``audio``, ...)."""
 
     role: str
     text: str = ""
-    images: list[bytes] = field(default_factory=list)
-    audio: list[bytes] = field(default_factory=list)
+    media: dict[str, list[bytes]] = field(default_factory=dict)
 
 
 class Backend:
@@ -133,13 +132,11 @@ class RunBackend(Backend):
         except ValueError as err:
             raise RequestError(str(err), param) from None
 
-    def _layout(self, text: str, images: list[bytes], audio: list[bytes], param: str) -> Any:
-        if len(images) > 1 or len(audio) > 1:
-            raise RequestError("one image or audio clip per request", param)
+    def _layout(self, text: str, media: dict[str, list[bytes]], param: str) -> Any:
+        if any(len(items) > 1 for items in media.values()):
+            raise RequestError("one item of each modality per request", param)
         try:
-            return self.run.task.layout_for_prompt(
-                text, image=images[0] if images else None, audio=audio[0] if audio else None
-            )
+            return self.run.task.layout_for_prompt(text, {k: items[0] for k, items in media.items() if items})
         except (ValueError, FileNotFoundError) as err:  # the task refuses the media or the media are unreadable
             raise RequestError(str(err), param) from None
 
@@ -152,20 +149,20 @@ class RunBackend(Backend):
         roles = [t.role for t in turns]
         if not turns or roles[-1] != "user" or roles != ["user", "assistant"] * (len(turns) // 2) + ["user"]:
             raise RequestError("messages must alternate user and assistant turns and end with a user turn", "messages")
-        if any(t.images or t.audio for t in turns[:-1]):
+        if any(any(t.media.values()) for t in turns[:-1]):
             raise RequestError("only the last user turn may carry an image or audio", "messages")
         last = turns[-1]
-        layout = self._layout(last.text, last.images, last.audio, "messages")
+        layout = self._layout(last.text, last.media, "messages")
         history = tuple((q.text, a.text) for q, a in zip(turns[:-1:2], turns[1:-1:2], strict=True))
         return self._batch(replace(layout, history=history), "messages")
 
     def completion(self, text: str) -> PromptBatch:
-        return self._batch(self._layout(text, [], [], "prompt"), "prompt")
+        return self._batch(self._layout(text, {}, "prompt"), "prompt")
 
     def transcription(self, audio: bytes, prompt: str | None) -> PromptBatch:
         if "audio" not in self.accepts:
             raise RequestError(f"model '{self.model_id}' does not transcribe audio", "file")
-        return self._batch(self._layout(prompt or "", [], [audio], "file"), "file")
+        return self._batch(self._layout(prompt or "", {"audio": [audio]}, "file"), "file")
 
 
 class LLaDABackend(Backend):
@@ -200,7 +197,8 @@ class LLaDABackend(Backend):
         from multimodal.chat import chat_prompt_ids
         from multimodal.llada_v import prompt_batch
 
-        if any(t.audio for t in turns) or (not self.vision and any(t.images for t in turns)):
+        takes = {"image"} if self.vision else set()
+        if any(items and kind not in takes for t in turns for kind, items in t.media.items()):
             raise RequestError(
                 f"model '{self.model_id}' takes {'text and images' if self.vision else 'text'} only", "messages"
             )
@@ -208,7 +206,7 @@ class LLaDABackend(Backend):
             raise RequestError("the last message must be a user turn", "messages")
         messages = [{"role": t.role, "content": t.text} for t in turns]
         if self.vision:
-            images = [image for t in turns for image in t.images]
+            images = [image for t in turns for image in t.media.get("image", [])]
             try:
                 return prompt_batch(self.engine.model, self.engine.tokenizer, messages, images)
             except (ValueError, OSError) as err:  # unreadable image

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -175,11 +175,9 @@ class ASRTask(Task):
         media = {"audio": [example["audio"]]}
         return Layout(prompt=prompt, answer=example["text"], meta=meta, media=media, prompt_suffix=suffix)
 
-    def layout_for_prompt(
-        self, prompt: str, image: str | Path | bytes | None = None, audio: str | Path | bytes | None = None
-    ) -> Layout:
-        if image:
-            raise ValueError("the asr task takes audio, not images")
+    def layout_for_prompt(self, prompt: str, media: Mapping[str, str | Path | bytes] | None = None) -> Layout:
+        self.refuse_media(media, ("audio",))
+        audio = (media or {}).get("audio")
         if audio is None:
             raise ValueError("the asr task needs audio")
         if not isinstance(audio, bytes):

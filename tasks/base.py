@@ -18,7 +18,7 @@ pad_id, see `multimodal.types.Tokenizer`), so this package depends on no tokeniz
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,14 +137,19 @@ class Task:
         details = self.prediction_details(decoded.predictions, layouts)
         return Evaluation(metrics, prediction_records(layouts, decoded.predictions, details))
 
-    def layout_for_prompt(
-        self, prompt: str, image: str | Path | bytes | None = None, audio: str | Path | bytes | None = None
-    ) -> Layout:
-        """A layout for a prompt typed by a user (`mmdiff sample`, the server): media are a file path or
-        the file's bytes, checked here (a bad one raises ValueError naming it); media-free tasks refuse them."""
-        if image or audio:
-            raise ValueError(f"task '{self.config.name}' takes no images or audio")
+    def layout_for_prompt(self, prompt: str, media: Mapping[str, str | Path | bytes] | None = None) -> Layout:
+        """A layout for a prompt typed by a user (`mmdiff sample`, the server, a harness). `media` maps a
+        modality (``image``, ``audio``, ...) to one item, a file path or the file's bytes, checked here (a
+        bad one raises ValueError naming it); a task refuses the modalities it does not take."""
+        self.refuse_media(media, ())
         return Layout(prompt=prompt, answer="")
+
+    def refuse_media(self, media: Mapping[str, Any] | None, takes: tuple[str, ...]) -> None:
+        """ValueError naming the media items in `media` of modalities other than `takes`."""
+        other = [_plural(k) for k, v in sorted((media or {}).items()) if v is not None and k not in takes]
+        if other:
+            took = f"takes {' and '.join(map(_plural, takes))}, not" if takes else "takes no"
+            raise ValueError(f"task '{self.config.name}' {took} {' or '.join(other)}")
 
     def texts(self) -> list[str]:
         """Training texts from which a built-in tokenizer learns its vocabulary."""
@@ -366,3 +371,8 @@ def list_tasks(pattern: str = "*") -> list[str]:
 def source_name(item: str | Path | bytes) -> str:
     """How a typed prompt's media item is named in errors: its file, or ``upload`` for bytes."""
     return "upload" if isinstance(item, bytes) else str(item)
+
+
+def _plural(modality: str) -> str:
+    """``images``, ``audio``, ``videos``: a modality's items, for messages."""
+    return modality if modality == "audio" else f"{modality}s"

@@ -197,7 +197,7 @@ def read_hypotheses(task: Task, path: Path, split: str | None) -> tuple[list[dic
         if hyp is None:
             raise ValueError(f"{path}:{n}: no 'hypothesis'")
         if row.get("audio"):
-            layouts.append(task.layout_for_prompt("", audio=str(path.parent / row["audio"])))
+            layouts.append(task.layout_for_prompt("", {"audio": str(path.parent / row["audio"])}))
         elif row.get("id") in known:
             layouts.append(known[row["id"]])
         else:

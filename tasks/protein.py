@@ -154,7 +154,7 @@ class _ProteinBase(Task):
     def prompt_batch(self, layouts, tokenizer, modalities=None):
         raise NotImplementedError("protein tasks decode by infilling (tasks/protein_eval.py), not from prompts")
 
-    def layout_for_prompt(self, prompt, image=None, audio=None) -> Layout:
+    def layout_for_prompt(self, prompt, media=None) -> Layout:
         raise ValueError(
             f"the {self.config.name} task decodes by infilling, not from typed prompts; "
             "sample sequences with `mmdiff generate --run RUN --length N`"

@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -191,11 +191,9 @@ class VQATask(Task):
         """The `train_layouts` of one shard sample, validated as `read_shards` validates it."""
         return self._record_layouts(validate(record_from_sample(sample)), self.config.turns)
 
-    def layout_for_prompt(
-        self, prompt: str, image: str | Path | bytes | None = None, audio: str | Path | bytes | None = None
-    ) -> Layout:
-        if audio:
-            raise ValueError("the vqa task takes images, not audio")
+    def layout_for_prompt(self, prompt: str, media: Mapping[str, str | Path | bytes] | None = None) -> Layout:
+        self.refuse_media(media, ("image",))
+        image = (media or {}).get("image")
         if image is None:
             raise ValueError("the vqa task needs an image")
         if not isinstance(image, bytes):

@@ -103,7 +103,7 @@ def test_asr_prompts_through_the_chat_template(tmp_path, layout):
     tok.add_specials(["<audio>"])
     system = "be brief" if layout == "audio_in_instruction" else None
     task = ASRTask(ASRConfig(layout=layout, prompt="hello world", chat=True, system=system))
-    lay = task.layout_for_prompt("", audio=flac())
+    lay = task.layout_for_prompt("", {"audio": flac()})
     ids = task.prompt_batch([lay], tok).prompts[0]
     if layout == "audio_after_prompt":
         assert ids == chat_prompt_ids(tok, [{"role": "user", "content": "hello world"}]) + [tok.token_id("<audio>")]
@@ -132,7 +132,7 @@ def test_diffa_release_prompt_keeps_the_literal_audio_text_after_the_embeddings(
     tok.add_specials(["<|audio_embeds|>"])
     config = ASRConfig(layout="audio_in_instruction", prompt="hello", chat=True, placeholder="<|audio_embeds|>")
     task = ASRTask(config)
-    ids = task.prompt_batch([task.layout_for_prompt("", audio=flac())], tok).prompts[0]
+    ids = task.prompt_batch([task.layout_for_prompt("", {"audio": flac()})], tok).prompts[0]
     user = ids[ids.index(tok.token_id("This")) : ids.index(tok.eot_id)]
     audio = tok.token_id("<|audio_embeds|>")
     spliced = user.index(audio)

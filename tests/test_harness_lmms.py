@@ -42,7 +42,7 @@ def test_a_local_vqa_task_through_lmms_eval(tmp_path, capsys):
         path = tmp_path / f"image_{i}.png"
         Image.effect_noise(size, 40 + 20 * i).convert("RGB").save(path)
         # what the model answers when asked directly, with the seed the harness model uses
-        batch = backend.chat([Turn("user", question, images=[path.read_bytes()])])
+        batch = backend.chat([Turn("user", question, media={"image": [path.read_bytes()]})])
         sampler = request_sampler(engine.sampler_config, 4, 0.0, None)
         generator = engine.generator(zlib.crc32(question.encode()))
         direct = engine.texts(engine.generate(batch, sampler, generator=generator))[0]

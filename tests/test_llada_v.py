@@ -299,6 +299,6 @@ def test_the_server_answers_image_chats_as_the_library_decodes(tmp_path):
     messages = [{"role": "user", "content": [{"type": "text", "text": "what colour is it"}, image]}]
     with running(backend) as (_, _, url):
         chat = client(url).chat.completions.create(model="LLaDA-V-tiny", messages=messages, seed=0)
-    batch = backend.chat([Turn("user", "what colour is it", images=[png()])])
+    batch = backend.chat([Turn("user", "what colour is it", media={"image": [png()]})])
     assert chat.choices[0].message.content == alone(backend, batch)
     assert chat.usage.prompt_tokens == len(batch.prompts[0])

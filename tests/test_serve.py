@@ -305,7 +305,7 @@ def test_image_and_audio_requests_reach_the_run_task(tmp_path):
         content = [question, {"type": "image_url", "image_url": {"url": url_image}}]
         messages = [{"role": "user", "content": content}]
         chat = client(url).chat.completions.create(model="shapes_vqa", messages=messages, seed=0)
-        layout = backend.run.task.layout_for_prompt("What colour is the circle?", image=png())
+        layout = backend.run.task.layout_for_prompt("What colour is the circle?", {"image": png()})
         batch = backend.run.task.prompt_batch([layout], backend.engine.tokenizer, backend.engine.modalities)
         assert chat.choices[0].message.content == alone(backend, batch)
         broken = [question, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
@@ -327,7 +327,7 @@ def test_image_and_audio_requests_reach_the_run_task(tmp_path):
     with running(backend) as (_, _, url):
         clip = flac(1.0)
         text = client(url).audio.transcriptions.create(model="spoken_asr", file=("clip.flac", clip))
-        layout = backend.run.task.layout_for_prompt("", audio=clip)
+        layout = backend.run.task.layout_for_prompt("", {"audio": clip})
         batch = backend.run.task.prompt_batch([layout], backend.engine.tokenizer, backend.engine.modalities)
         assert text.text == alone(backend, batch)  # temperature 0: no noise, whatever seed the server draws
         form = {"model": "spoken_asr", "response_format": "text"}

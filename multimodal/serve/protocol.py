@@ -81,9 +81,11 @@ class ChatRequest(Decoding):
                 if part.type == "text":
                     texts.append(part.text or "")
                 elif part.type == "image_url":
-                    turn.images.append(decode_data_url((part.image_url or {}).get("url", ""), where))
+                    item = decode_data_url((part.image_url or {}).get("url", ""), where)
+                    turn.media.setdefault("image", []).append(item)
                 else:
-                    turn.audio.append(decode_base64((part.input_audio or {}).get("data", ""), where))
+                    item = decode_base64((part.input_audio or {}).get("data", ""), where)
+                    turn.media.setdefault("audio", []).append(item)
             turn.text = "\n".join(texts)
             out.append(turn)
         return out

@@ -8,7 +8,9 @@ conventions cover the pluggable families without any interpolation:
   ``name`` key (for example ``sampler: {name: low_confidence, steps: 64}``); ``resolver(name)``
   returns the dataclass for that name;
 * a field with ``metadata={"presets": resolver}`` accepts ``preset: <name>`` plus field overrides;
-  ``resolver(name)`` returns the preset instance to start from.
+  ``resolver(name)`` returns the preset instance to start from, whose class the section takes (a
+  backbone family's own settings class, multimodal/backbone/families.py); a resolved config written back
+  names its preset in ``name``, which picks the same class again.
 
 `apply_overrides` implements ``--set a.b=c`` (values parsed as YAML scalars) before validation, so
 an override can also switch a selected class. `dump` writes the fully resolved config back to YAML.
@@ -123,6 +125,11 @@ def _convert(value: Any, hint: Any, field: dataclasses.Field | None, where: str)
             raise ConfigError(f"'{where}.preset': {err.args[0]}") from None
         merged = {**dataclasses.asdict(base), **value}
         return from_dict(type(base), merged, where + ".")
+    if "presets" in meta and isinstance(value, Mapping) and isinstance(value.get("name"), str):
+        try:  # a resolved config written back: its preset's name picks the settings class (a family's own)
+            return from_dict(type(meta["presets"](value["name"])), value, where + ".")
+        except KeyError:
+            pass  # a name of the user's own: the field's class
     return _convert_type(value, hint, where)
 
 

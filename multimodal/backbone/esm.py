@@ -18,6 +18,26 @@ from torch import nn
 from multimodal.types import BackboneOutput
 
 
+@dataclass
+class DSMModelConfig:
+    """ESM2 as the diffusion backbone (DSM mode) instead of the LLaDA backbone.
+
+    Attributes:
+        preset: ESM2 shape (esm2_tiny, esm2_small, esm2_t6_8m, ..., esm2_t33_650m) for random weights.
+        weights: a local fair-esm checkpoint file, Hugging Face ESM folder or released DSM folder
+            (GleghornLab/DSM_150, DSM_650, Synthyra/DSM_ppi_full) (overrides `preset`).
+        logit_cap: DSM's soft cap c in c * tanh(logits / c); 0 disables it.
+        max_seq_len: longest sequence accepted.
+        token_dropout: ESM's token-dropout rescaling; None: as a released DSM folder's config says, else off.
+    """
+
+    preset: str = "esm2_tiny"
+    weights: str | None = None
+    logit_cap: float = 30.0
+    max_seq_len: int = 1024
+    token_dropout: bool | None = None
+
+
 @dataclass(frozen=True)
 class ESMBackboneConfig:
     """What the sampler and the trainer read from a backbone's config."""

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from multimodal.backbone import LLaDABackbone, create_backbone
-from multimodal.backbone.convert import load_llada_checkpoint
+from multimodal.backbone import LLaDABackbone
+from multimodal.backbone.families import family_of
 from multimodal.checkpoint import CONFIG, load_weights
 from multimodal.device import pick_device
 from multimodal.lora import add_lora, load_peft_lora
@@ -54,7 +54,8 @@ def checkpoint_folder(path: Path) -> Path:
 
 
 def build_model(config: ExperimentConfig, placeholder_ids: dict[str, int]) -> nn.Module:
-    """The backbone (fresh, or a released LLaDA folder from `init_from`) plus adapters, LoRA and freezing.
+    """The backbone of the run's family (fresh, or a released folder in `init_from` the family converts)
+    plus adapters, LoRA and freezing where the family takes them (multimodal/backbone/families.py).
 
     `init_from` may also name one of our run / checkpoint folders of the same architecture (LLaDA-V
     stage 2 resumes from stage 1 this way); it is loaded after the model is assembled.
@@ -63,29 +64,17 @@ def build_model(config: ExperimentConfig, placeholder_ids: dict[str, int]) -> nn
 
     torch.manual_seed(config.seed)  # weight initialisation only
     source = Path(config.init_from) if config.init_from else None
-    if config.dsm is not None:
-        return _build_dsm(config, source)
-    if source is not None and (source / "config.json").is_file():
-        backbone, _ = load_llada_checkpoint(source)
-        want = config.backbone
-        if (backbone.config.vocab_size, backbone.config.d_model) != (want.vocab_size, want.d_model):
-            raise ValueError(f"init_from {source} has shape {backbone.config} but the experiment asks for {want}")
-        c = backbone.config
-        log.info(
-            "backbone initialised from the LLaDA folder %s: %.2fM parameters (%d layers x %d wide, vocab %d)",
-            source, sum(p.numel() for p in backbone.parameters()) / 1e6, c.n_layers, c.d_model, c.vocab_size,
-        )  # fmt: skip
-    else:
-        backbone = create_backbone(config.backbone)
+    family, settings = family_of(config)
+    backbone = family.build(settings, source)
     model: nn.Module = backbone
-    if config.modalities:
+    if family.takes_modalities and config.modalities:
         adapters = {}
         for name, m in config.modalities.items():
             encoder = create_encoder(m.encoder, **m.encoder_args)
             projector = create_projector(m.projector, encoder.output_dim, backbone.config.d_model, **m.projector_args)
             adapters[name] = ModalityAdapter(encoder, projector)
         model = MultimodalDiffusionModel(backbone, adapters, placeholder_ids)
-    if config.train.lora is not None:
+    if family.takes_modalities and config.train.lora is not None:
         lora = config.train.lora
         add_lora(backbone, tuple(lora.targets), lora.rank, lora.alpha)
         if lora.weights:
@@ -93,29 +82,10 @@ def build_model(config: ExperimentConfig, placeholder_ids: dict[str, int]) -> nn
 
             count = load_peft_lora(backbone, load_state_dict(lora.weights), lora.weights)
             log.info("LoRA weights of %d layers from %s", count, lora.weights)
-    if source is not None and not (source / "config.json").is_file():
+    if source is not None and not family.converts(source):
         _initialise(model, source)
-    apply_trainable(model, config)
-    return model
-
-
-def _build_dsm(config: ExperimentConfig, source: Path | None) -> nn.Module:
-    """ESM2 with DSM's head as the diffusion model (protein tokens are the vocabulary)."""
-    from encoders.protein import ESM_PRESETS, build_esm2, load_esm2
-    from multimodal.backbone.esm import ESMDiffusion
-
-    dsm = config.dsm
-    if dsm.weights:
-        body = load_esm2(dsm.weights, dsm.token_dropout)
-    elif dsm.preset in ESM_PRESETS:
-        body = build_esm2(*ESM_PRESETS[dsm.preset], token_dropout=bool(dsm.token_dropout))
-    else:
-        raise ValueError(f"unknown ESM2 preset '{dsm.preset}' (known: {', '.join(ESM_PRESETS)})")
-    model = ESMDiffusion(
-        body, dsm.preset if not dsm.weights else Path(dsm.weights).name, dsm.logit_cap, dsm.max_seq_len
-    )
-    if source is not None:
-        _initialise(model, source)
+    if family.takes_modalities:
+        apply_trainable(model, config)
     return model
 
 
@@ -198,11 +168,8 @@ def build_run(config: ExperimentConfig, tokenizer: BuiltinTokenizer | HFTokenize
             "the prompt must carry the token the model splices at"
         )
     tokenizer = tokenizer or build_tokenizer(config.tokenizer, task.texts(), specials=placeholders)
-    if config.dsm is None and len(tokenizer) > config.backbone.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {len(tokenizer)} tokens but backbone.vocab_size is "
-            f"{config.backbone.vocab_size}; set backbone.vocab_size >= {len(tokenizer)}"
-        )
+    family, settings = family_of(config)
+    family.check_vocabulary(settings, len(tokenizer))
     placeholder_ids = {name: tokenizer.token_id(m.placeholder) for name, m in config.modalities.items()}
     model = build_model(config, placeholder_ids)
     folder = Path(config.train.output_dir) / config.name

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from multimodal.backbone.config import BACKBONE_PRESETS, BackboneConfig
+from multimodal.backbone.esm import DSMModelConfig
+from multimodal.backbone.families import family_of
 from multimodal.config import ConfigError, apply_overrides, from_dict, load_yaml
 from multimodal.diffusion.objective import DiffusionConfig
 from multimodal.registry import suggest
@@ -163,26 +165,6 @@ class LoRAConfig:
 
 
 @dataclass
-class DSMModelConfig:
-    """ESM2 as the diffusion backbone (DSM mode) instead of the LLaDA backbone.
-
-    Attributes:
-        preset: ESM2 shape (esm2_tiny, esm2_small, esm2_t6_8m, ..., esm2_t33_650m) for random weights.
-        weights: a local fair-esm checkpoint file, Hugging Face ESM folder or released DSM folder
-            (GleghornLab/DSM_150, DSM_650, Synthyra/DSM_ppi_full) (overrides `preset`).
-        logit_cap: DSM's soft cap c in c * tanh(logits / c); 0 disables it.
-        max_seq_len: longest sequence accepted.
-        token_dropout: ESM's token-dropout rescaling; None: as a released DSM folder's config says, else off.
-    """
-
-    preset: str = "esm2_tiny"
-    weights: str | None = None
-    logit_cap: float = 30.0
-    max_seq_len: int = 1024
-    token_dropout: bool | None = None
-
-
-@dataclass
 class ExperimentConfig:
     """Everything a run needs, resolved from YAML."""
 
@@ -244,7 +226,7 @@ def check_experiment(config: ExperimentConfig) -> ExperimentConfig:
     cfg = config.train
     if cfg.max_steps <= 0:
         raise ConfigError(f"train.max_steps must be positive, got {cfg.max_steps}")
-    if cfg.pack_length and (config.dsm is not None or config.modalities):
+    if cfg.pack_length and (not family_of(config)[0].packs or config.modalities):
         raise ConfigError("train.pack_length needs a token-only task on the LLaDA backbone (no dsm, no modalities)")
     if cfg.pack_length > config.backbone.max_seq_len:
         raise ConfigError(

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from multimodal.backbone.transformer import LLaDABackbone
-from multimodal.types import BackboneOutput, ModalityIO
+from multimodal.types import BackboneOutput, Media, MediaFeatures, MediaItems, ModalityIO
 
 
 class MultimodalDiffusionModel(nn.Module):
@@ -137,20 +137,19 @@ class MultimodalDiffusionModel(nn.Module):
         cache: Any = None,
         cache_start: int | torch.Tensor = 0,
         return_logits: bool = True,
-        modality_inputs: dict[str, torch.Tensor] | None = None,
-        modality_masks: dict[str, torch.Tensor] | None = None,
-        modality_features: dict[str, torch.Tensor] | None = None,
-        feature_masks: dict[str, torch.Tensor] | None = None,
+        media: Media | None = None,
     ) -> BackboneOutput:
         """Backbone forward on token ids with modality features spliced in.
 
-        Pass either raw `modality_inputs` (B, K, ...) with item masks (encoded here) or precomputed
-        `modality_features` with `feature_masks` (the sampler encodes once and reuses them every
-        step). Partial cached forwards (cache_start != 0) carry no placeholders and take no features.
+        `media` is raw items (`MediaItems`, encoded here: training) or features encoded before
+        (`MediaFeatures`: decoding encodes once and reuses them every step). Partial cached forwards
+        (cache_start != 0) carry no placeholders and take no features.
         """
-        features, extras = modality_features, {}
-        if features is None and modality_inputs:
-            features, feature_masks, extras = self.encode(modality_inputs, modality_masks)
+        features, feature_masks, extras = None, None, {}
+        if isinstance(media, MediaItems) and media.inputs:
+            features, feature_masks, extras = self.encode(media.inputs, media.masks)
+        elif isinstance(media, MediaFeatures):
+            features, feature_masks = media.features, media.valid
         partial = isinstance(cache_start, torch.Tensor) or cache_start != 0
         if features and not partial:
             embeds = self.splice(input_ids, features, feature_masks)

@@ -30,6 +30,64 @@ class BackboneOutput:
 
 
 @dataclass(frozen=True)
+class MediaItems:
+    """A batch's raw media, by modality: the model encodes them in its forward (training).
+
+    Attributes:
+        inputs: modality -> (B, K, ...) up to K preprocessed items per row.
+        masks: modality -> (B, K) bool, which items exist (missing: all).
+    """
+
+    inputs: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MediaFeatures:
+    """A batch's media already through the modality adapters, by modality: decoding encodes once and the
+    model splices the features at the placeholders at every step.
+
+    Attributes:
+        features: modality -> (B, N, D) projected features, each row's items one after another.
+        valid: modality -> (B, N) bool, which feature vectors are real (missing: all).
+    """
+
+    features: dict[str, torch.Tensor]
+    valid: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+Media = MediaItems | MediaFeatures
+
+
+class DiffusionModel(Protocol):
+    """What decoding needs of a model (the LLaDA backbone, the multimodal model, ESM2 with DSM's head).
+
+    A call runs token ids (with the media spliced at their placeholders) through the network and returns
+    hidden states (and logits unless `return_logits` is false); `head` turns hidden states into logits;
+    `cache` / `cache_start` are the key/value cache and the canvas positions the inputs overwrite
+    (multimodal/backbone/cache.py). `config.max_seq_len` bounds the canvas.
+    """
+
+    config: Any
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: Any = None,
+        cache_start: int | torch.Tensor = 0,
+        return_logits: bool = True,
+        media: Media | None = None,
+    ) -> BackboneOutput: ...
+
+    def head(self, hidden_states: torch.Tensor) -> torch.Tensor: ...
+
+    def parameters(self, recurse: bool = True) -> Any: ...
+
+
+@dataclass(frozen=True)
 class MultimodalBatch:
     """One training or generation batch.
 

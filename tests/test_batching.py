@@ -11,6 +11,7 @@ from multimodal.backbone import backbone_preset, create_backbone
 from multimodal.model import MultimodalDiffusionModel
 from multimodal.sampling import SamplerConfig, SamplerError, SpecialIds, create_sampler, generate, sampler_config_class
 from multimodal.sampling.batching import ContinuousBatch, Row, partition, span
+from multimodal.types import MediaFeatures
 
 V = 256
 SPECIAL = SpecialIds(mask_id=V - 1, eos_id=V - 2)
@@ -89,14 +90,14 @@ def test_media_rows_take_their_own_features(model):
     items = [([5, 7, 7, 9], torch.randn(1, 1, 2, 3)), ([6, 10, 7, 7, 7, 11], torch.randn(1, 1, 3, 3)), ([8, 9], None)]
     rows = []
     for prompt, pixels in items:
-        media = {}
+        media = None
         if pixels is not None:
             feats, masks, _ = mm.encode({"image": pixels}, {"image": torch.ones(1, 1, dtype=torch.bool)})
-            media = {"modality_features": feats, "feature_masks": masks}
+            media = MediaFeatures(feats, masks)
         rows.append(batch.add(Row(prompt, create_sampler(cfg), media=media)))
     batch.run()
     for r in rows:
-        assert torch.equal(r.answer, generate(mm, [r.prompt], create_sampler(cfg), SPECIAL, **r.media).generated[0])
+        assert torch.equal(r.answer, generate(mm, [r.prompt], create_sampler(cfg), SPECIAL, media=r.media).generated[0])
 
 
 def test_a_cancelled_row_leaves_and_a_waiting_one_takes_its_place(model):

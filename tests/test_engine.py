@@ -14,7 +14,7 @@ from multimodal.backbone import backbone_preset, create_backbone
 from multimodal.model import MultimodalDiffusionModel
 from multimodal.sampling import SamplerConfig, SpecialIds, create_sampler, generate
 from multimodal.sampling.engine import Engine
-from multimodal.types import MultimodalBatch, PromptBatch
+from multimodal.types import MediaItems, MultimodalBatch, PromptBatch
 
 IMG = 7
 
@@ -73,8 +73,7 @@ def test_generate_encodes_media_once_and_decodes_as_the_loop(model):
         SpecialIds(127, 126, 125),
         pad_id=0,
         generator=torch.Generator().manual_seed(3),
-        modality_inputs=batch.modality_inputs,
-        modality_masks=batch.modality_masks,
+        media=MediaItems(batch.modality_inputs, batch.modality_masks),
     )
     assert model.adapters["image"].calls == 8
     assert torch.equal(out.sequences, reference.sequences)

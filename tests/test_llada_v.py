@@ -174,6 +174,7 @@ def test_a_released_folder_gives_the_architectures_logits(tmp_path):
     from PIL import Image
 
     from multimodal.llada_v import load_llada_v, prompt_batch
+    from multimodal.types import MediaItems
 
     folder, lm, tower, mlp, newline = write_llada_v(tmp_path / "LLaDA-V-tiny")
     model, tok = load_llada_v(folder, vision_heads=2)
@@ -182,7 +183,7 @@ def test_a_released_folder_gives_the_architectures_logits(tmp_path):
     batch = prompt_batch(model, tok, [{"role": "user", "content": "what colour is it"}], [image])
     ids = torch.tensor(batch.prompts)
     with torch.no_grad():
-        ours = model(ids, modality_inputs=batch.modality_inputs, modality_masks=batch.modality_masks).logits
+        ours = model(ids, media=MediaItems(batch.modality_inputs, batch.modality_masks)).logits
         # the release: tower on every view, last remaining layer; MLP; its feature order; LLaMA, bidirectional
         item = batch.modality_inputs["image"][0, 0]
         views, size = anyres.unpack_crops(item)

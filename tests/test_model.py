@@ -10,7 +10,7 @@ from multimodal.backbone import backbone_preset, create_backbone
 from multimodal.diffusion.objective import DiffusionConfig, diffusion_loss
 from multimodal.model import MultimodalDiffusionModel
 from multimodal.sampling import SamplerConfig, SpecialIds, create_sampler, generate
-from multimodal.types import MultimodalBatch
+from multimodal.types import MediaFeatures, MultimodalBatch
 
 IMG = 7  # placeholder token id
 
@@ -88,9 +88,9 @@ def test_generation_with_precomputed_features(model, cache):
     assert feats["image"].shape == (2, 2, 128) and valid["image"].all()
     prompts = [[5, IMG, IMG, 9], [IMG, IMG, 6]]
     cfg = SamplerConfig(steps=8, gen_length=8, block_length=4, cache=cache, cfg_scale=0.5)
-    out = generate(model, prompts, create_sampler(cfg), SpecialIds(1, 2), modality_features=feats)
+    out = generate(model, prompts, create_sampler(cfg), SpecialIds(1, 2), media=MediaFeatures(feats))
     assert not (out.generated == 1).any()
     alone = generate(
-        model, [prompts[1]], create_sampler(cfg), SpecialIds(1, 2), modality_features={"image": feats["image"][1:]}
+        model, [prompts[1]], create_sampler(cfg), SpecialIds(1, 2), media=MediaFeatures({"image": feats["image"][1:]})
     )
     assert out.generated[1].tolist() == alone.generated[0].tolist()

@@ -74,11 +74,11 @@ class ESMDiffusion(nn.Module):
         cache: object | None = None,
         cache_start: int | torch.Tensor = 0,
         return_logits: bool = True,
-        **unused: object,
+        media: object = None,
     ) -> BackboneOutput:
         if cache is not None or not (isinstance(cache_start, int) and cache_start == 0):
             raise ValueError("the ESM2 backbone has no key/value cache (use sampler.cache 'none')")
-        if inputs_embeds is not None:
+        if inputs_embeds is not None or media is not None:
             raise ValueError("the ESM2 backbone takes token ids only")
         if input_ids.shape[1] > self.config.max_seq_len:
             raise ValueError(f"sequence length {input_ids.shape[1]} exceeds {self.config.max_seq_len} tokens")

@@ -19,7 +19,7 @@ from torch import nn
 from multimodal.backbone.cache import KVCache
 from multimodal.backbone.config import BACKBONE_PRESETS, BackboneConfig
 from multimodal.backbone.layers import LLaDABlock, RMSNorm, rotary_cos_sin
-from multimodal.types import BackboneOutput
+from multimodal.types import BackboneOutput, Media
 
 
 def attention_bias(attention_mask: torch.Tensor | None, q_len: int, k_len: int | None = None) -> torch.Tensor | None:
@@ -108,6 +108,7 @@ class LLaDABackbone(nn.Module):
         cache_start: int | torch.Tensor = 0,
         return_logits: bool = True,
         output_hidden_states: bool = False,
+        media: Media | None = None,
     ) -> BackboneOutput:
         """Run the transformer.
 
@@ -126,12 +127,16 @@ class LLaDABackbone(nn.Module):
             return_logits: False skips the output head and returns the final hidden states only
                 (the loss applies the head to masked positions itself).
             output_hidden_states: also return the final hidden states (B, L, D) with the logits.
+            media: none (the text backbone has no modality adapters: MultimodalDiffusionModel splices
+                media into `inputs_embeds`); accepted so every model takes the same call (types.DiffusionModel).
 
         Returns:
             BackboneOutput with logits (B, L, V) and/or hidden_states (B, L, D).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if media is not None:
+            raise ValueError("the text backbone takes no media (MultimodalDiffusionModel adds the adapters)")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         if x.dim() != 3 or x.shape[-1] != self.config.d_model:
             raise ValueError(f"embeddings must be (B, L, {self.config.d_model}), got {tuple(x.shape)}")

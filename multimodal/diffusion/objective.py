@@ -22,7 +22,7 @@ from multimodal.diffusion.corruption import bert_corruption, mask_tokens, random
 from multimodal.diffusion.ctc import ctc_auxiliary
 from multimodal.diffusion.loss import masked_diffusion_loss
 from multimodal.diffusion.schedule import MaskSchedule, create_schedule
-from multimodal.types import LossOutput, MultimodalBatch
+from multimodal.types import LossOutput, MediaItems, MultimodalBatch
 
 
 @dataclass
@@ -82,7 +82,6 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     eos_id: int | None = None,
     pad_id: int = 0,
-    **model_kwargs: Any,
 ) -> LossOutput:
     """Corrupt `batch` and return the masked-diffusion loss of `model` on it (plus the auxiliary CTC
     term when configured; `eos_id` and `pad_id` then say what the transcript targets exclude)."""
@@ -103,13 +102,9 @@ def diffusion_loss(
         t = t_doc[docs.clamp_min(0)]
     xt, masked = mask_tokens(x0, schedule.mask_prob(t), maskable, mask_id, generator)
     xt = bert_corruption(xt, x0, masked, maskable, config.random_token_prob, config.keep_prob, generator)
-    if batch.modality_inputs:  # multimodal: the model encodes and splices them at the placeholders
-        model_kwargs = {
-            "modality_inputs": batch.modality_inputs,
-            "modality_masks": batch.modality_masks,
-            **model_kwargs,
-        }
-    out = model(xt, attention_mask=attn, position_ids=pos, return_logits=False, **model_kwargs)
+    # multimodal: the model encodes the items and splices them at the placeholders
+    media = MediaItems(batch.modality_inputs, batch.modality_masks) if batch.modality_inputs else None
+    out = model(xt, attention_mask=attn, position_ids=pos, return_logits=False, media=media)
     weight = schedule.loss_weight(t) if config.weighting == "schedule" else torch.ones_like(t)
     head = getattr(model, "head_weight", None)  # a plain linear head takes the fused path
     result = masked_diffusion_loss(

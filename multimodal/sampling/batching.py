@@ -44,7 +44,7 @@ The steps of a block are the one loop of generate.py (`decode_block`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,6 +53,7 @@ from multimodal.sampling.base import Sampler, SamplerConfig, SamplerError, Speci
 from multimodal.sampling.forward import CanvasForward
 from multimodal.sampling.generate import decode_block
 from multimodal.sampling.loop_settings import LoopSettings
+from multimodal.types import DiffusionModel, MediaFeatures
 
 
 @dataclass(eq=False)
@@ -63,8 +64,7 @@ class Row:
         prompt: token ids of the prompt (placeholders expanded).
         sampler: its commit policy and settings; `config.gen_length` tokens are decoded after the prompt.
         generator: its own noise (None: torch's default).
-        media: model keyword arguments of its media, one row (``modality_features`` (1, N, D) and
-            ``feature_masks`` (1, N) by modality), or empty.
+        media: its media, encoded (one row: (1, N, D) features and (1, N) validity by modality), or None.
         tag: the caller's handle (a server request).
         on_step: called after each step with (row, positions committed in the answer, their tokens).
         tokens: (P + G,) the canvas: prompt, then the answer (masks until committed).
@@ -77,7 +77,7 @@ class Row:
     prompt: list[int]
     sampler: Sampler
     generator: torch.Generator | None = None
-    media: dict[str, Any] = field(default_factory=dict)
+    media: MediaFeatures | None = None
     tag: Any = None
     on_step: Callable[[Row, list[int], list[int]], None] | None = None
     tokens: torch.Tensor | None = None
@@ -223,7 +223,7 @@ class ContinuousBatch:
 
     def __init__(
         self,
-        model: Any,
+        model: DiffusionModel,
         special: SpecialIds,
         config: LoopSettings,
         pad_id: int = 0,
@@ -311,10 +311,10 @@ class ContinuousBatch:
             block_index[i, answer] = torch.div(answer - s, bl, rounding_mode="floor")
             offsets.append(off)
         blocks = [(s + k * bl, s + (k + 1) * bl) for k in range(tail // bl + 1)]
-        kwargs = _stack_media([r.media for r in rows], dev)
+        media = _stack_media([r.media for r in rows], dev)
         causal = block_index if self.config.attention == "block_causal" else None
         forward = CanvasForward(
-            self.model, x, attention, conditioned, blocks, self.config, self.special, kwargs, block_index=causal
+            self.model, x, attention, conditioned, blocks, self.config, self.special, media, block_index=causal
         )
         return Group(rows, forward, offsets)
 
@@ -397,22 +397,23 @@ def _settings(sampler: Sampler) -> tuple:
     return (type(sampler), fields)
 
 
-def _stack_media(media: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
-    """One row's ``modality_features`` / ``feature_masks`` each -> batch tensors, zero-padded to the most
-    feature vectors (padding marked invalid; a row without a modality has no placeholders for it)."""
-    names = sorted({name for m in media for name in m.get("modality_features", {})})
+def _stack_media(media: list[MediaFeatures | None], device: torch.device) -> MediaFeatures | None:
+    """One row's features and validity per modality each -> batch tensors, zero-padded to the most feature
+    vectors (padding marked invalid; a row without a modality has no placeholders for it)."""
+    names = sorted({name for m in media if m is not None for name in m.features})
     if not names:
-        return {}
-    features, masks = {}, {}
+        return None
+    features, valid = {}, {}
     for name in names:
-        have = [m["modality_features"][name] if name in m.get("modality_features", {}) else None for m in media]
+        have = [m.features.get(name) if m is not None else None for m in media]
         ref = next(f for f in have if f is not None)
         n = max(f.shape[1] for f in have if f is not None)
         stacked = ref.new_zeros(len(media), n, ref.shape[-1])
-        valid = torch.zeros(len(media), n, dtype=torch.bool, device=device)
+        ok = torch.zeros(len(media), n, dtype=torch.bool, device=device)
         for i, (f, m) in enumerate(zip(have, media, strict=True)):
             if f is not None:
                 stacked[i, : f.shape[1]] = f[0]
-                valid[i, : f.shape[1]] = m["feature_masks"][name][0]
-        features[name], masks[name] = stacked.to(device), valid
-    return {"modality_features": features, "feature_masks": masks}
+                row_valid = m.valid.get(name)
+                ok[i, : f.shape[1]] = True if row_valid is None else row_valid[0]
+        features[name], valid[name] = stacked.to(device), ok
+    return MediaFeatures(features, valid)

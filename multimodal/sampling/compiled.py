@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from multimodal.backbone.cache import KVCache
+from multimodal.types import DiffusionModel, Media
 
 COMPILE_MODES = ("none", "default", "reduce-overhead")
 
@@ -45,13 +46,13 @@ _STATIC_CACHES: weakref.WeakKeyDictionary[Any, KVCache] = weakref.WeakKeyDiction
 
 
 def _hidden_states(
-    model: Any,
+    model: DiffusionModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     position_ids: torch.Tensor,
     cache: KVCache | None,
     cache_start: int | torch.Tensor,
-    kwargs: dict[str, Any],
+    media: Media | None,
 ) -> torch.Tensor:
     """The one model call of a step: (rows, n) ids -> (rows, n, D) final hidden states."""
     out = model(
@@ -61,7 +62,7 @@ def _hidden_states(
         return_logits=False,
         cache=cache,
         cache_start=cache_start,
-        **kwargs,
+        media=media,
     )
     return out.hidden_states
 
@@ -93,7 +94,7 @@ class ModelCall:
         cache: the sampler's cache mode (graphs are kept per cache mode, see `_compiled`).
     """
 
-    def __init__(self, model: Any, mode: str = "none", cache: str = "none"):
+    def __init__(self, model: DiffusionModel, mode: str = "none", cache: str = "none"):
         if mode not in COMPILE_MODES:
             raise ValueError(f"unknown compile mode '{mode}' ({', '.join(COMPILE_MODES)})")
         self.model, self.mode, self.cache_mode = model, mode, cache
@@ -106,7 +107,7 @@ class ModelCall:
         position_ids: torch.Tensor,
         cache: KVCache | None,
         cache_start: int | torch.Tensor,
-        kwargs: dict[str, Any],
+        media: Media | None,
         partial: bool = False,
     ) -> torch.Tensor:
         """(rows, n, D) hidden states; a cache passed here is filled already, or None.
@@ -114,12 +115,12 @@ class ModelCall:
         `partial`: the inputs are the positions a cache recomputes, not the whole canvas.
         """
         if self.mode == "none":
-            return _hidden_states(self.model, input_ids, attention_mask, position_ids, cache, cache_start, kwargs)
+            return _hidden_states(self.model, input_ids, attention_mask, position_ids, cache, cache_start, media)
         if self.graphs:
             # Each call starts a new CUDA-graph generation: the loop is done with the previous output.
             torch.compiler.cudagraph_mark_step_begin()
         fn = _compiled(self.mode, self.cache_mode, "partial" if partial else "full")
-        return fn(self.model, input_ids, attention_mask, position_ids, cache, cache_start, kwargs)
+        return fn(self.model, input_ids, attention_mask, position_ids, cache, cache_start, media)
 
     def fill(
         self,
@@ -127,10 +128,10 @@ class ModelCall:
         attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         cache: KVCache,
-        kwargs: dict[str, Any],
+        media: Media | None,
     ) -> torch.Tensor:
         """The eager forward over the whole canvas that fills the empty `cache` (allocates its buffers)."""
-        hidden = _hidden_states(self.model, input_ids, attention_mask, position_ids, cache, 0, kwargs)
+        hidden = _hidden_states(self.model, input_ids, attention_mask, position_ids, cache, 0, media)
         if self.graphs:
             for t in (*cache.keys, *cache.values):
                 torch._dynamo.mark_static_address(t, guard=False)  # updated in place at a fixed address

@@ -23,7 +23,7 @@ import torch
 from multimodal.diffusion.likelihood import batch_elbo
 from multimodal.sampling.base import Sampler, SamplerConfig, SpecialIds, StepInfo, create_sampler
 from multimodal.sampling.generate import generate, infill
-from multimodal.types import ModalityIO, PromptBatch, SampleOutput
+from multimodal.types import DiffusionModel, MediaFeatures, ModalityIO, PromptBatch, SampleOutput
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,11 @@ class EncodedMedia:
     """A batch's media run through the modality adapters once.
 
     Attributes:
-        kwargs: model keyword arguments of every step (``modality_features``, ``feature_masks``).
+        features: what every model call of the generation splices in (None: no media).
         extras: the towers' auxiliary outputs (CTC logits, ...) with ``rows``, by modality.
     """
 
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    features: MediaFeatures | None = None
     extras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
@@ -53,7 +53,7 @@ class Engine:
 
     def __init__(
         self,
-        model: Any,
+        model: DiffusionModel,
         tokenizer: Any,
         sampler: SamplerConfig | None = None,
         *,
@@ -113,7 +113,7 @@ class Engine:
             {k: v.to(device) for k, v in inputs.items()},
             {k: v.to(device) for k, v in batch.modality_masks.items()},
         )
-        return EncodedMedia({"modality_features": features, "feature_masks": masks}, extras)
+        return EncodedMedia(MediaFeatures(features, masks), extras)
 
     @torch.no_grad()
     def generate(
@@ -137,7 +137,7 @@ class Engine:
             pad_id=self.pad_id,
             generator=generator,
             callback=callback,
-            **media.kwargs,
+            media=media.features,
         )
         return replace(out, extras=media.extras)
 
@@ -165,7 +165,7 @@ class Engine:
             block_length=block_length,
             generator=generator,
             callback=callback,
-            **media.kwargs,
+            media=media.features,
         )
         return replace(out, extras=media.extras)
 
@@ -187,7 +187,7 @@ class Engine:
             attention_mask=mask,
             position_ids=None if positions is None else positions.to(device),
             return_logits=False,
-            **media.kwargs,
+            media=media.features,
         )
         return self.model.head(out.hidden_states).float()
 

@@ -23,8 +23,6 @@ sharing nothing but the call.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from multimodal.backbone.cache import KVCache
@@ -32,6 +30,7 @@ from multimodal.sampling.base import SpecialIds
 from multimodal.sampling.caches import create_cache_policy
 from multimodal.sampling.compiled import ModelCall
 from multimodal.sampling.loop_settings import LoopSettings
+from multimodal.types import DiffusionModel, Media
 
 
 def block_ids(length: int, blocks: list[tuple[int, int]], device: torch.device) -> torch.Tensor:
@@ -42,7 +41,7 @@ def block_ids(length: int, blocks: list[tuple[int, int]], device: torch.device) 
     return ids
 
 
-def _param_dtype(model: Any) -> torch.dtype | None:
+def _param_dtype(model: DiffusionModel) -> torch.dtype | None:
     try:
         return next(model.parameters()).dtype
     except (AttributeError, StopIteration):
@@ -60,18 +59,18 @@ class CanvasForward:
 
     def __init__(
         self,
-        model: Any,
+        model: DiffusionModel,
         x: torch.Tensor,
         attention_mask: torch.Tensor | None,
         conditioned: torch.Tensor,
         blocks: list[tuple[int, int]],
         config: LoopSettings,
         special: SpecialIds,
-        model_kwargs: dict[str, Any],
+        media: Media | None = None,
         block_index: torch.Tensor | None = None,
     ):
         config = config.loop  # a sampler config carries its policy too: keep what the call shares
-        self.model, self.x, self.config, self.special, self.kwargs = model, x, config, special, model_kwargs
+        self.model, self.x, self.config, self.special, self.media = model, x, config, special, media
         self.conditioned, self.blocks = conditioned, blocks
         b, n = x.shape
         self.length = n
@@ -123,7 +122,7 @@ class CanvasForward:
         if mask is not None and mask.shape[2] > 1:  # block-causal rows of these queries
             mask = mask.gather(2, positions[:, None, :, None].expand(-1, 1, -1, mask.shape[3]))
         self.nfe += 1
-        return self.call(inp, mask, pos, self.cache, positions, self.kwargs, partial=True)
+        return self.call(inp, mask, pos, self.cache, positions, self.media, partial=True)
 
     def full(self, cached: bool = True) -> torch.Tensor:
         """Run the model on the whole canvas; return (rows, L, D). With `cached` the call fills the cache
@@ -136,7 +135,7 @@ class CanvasForward:
             if self.cache is None:  # the first full forward allocates and fills the cache
                 self.cache = KVCache()
                 self.nfe += 1
-                return self.call.fill(inp, self.mask, self.position_ids, self.cache, self.kwargs)
+                return self.call.fill(inp, self.mask, self.position_ids, self.cache, self.media)
         return self._run(0, self.length, 0)
 
     def partial(self, lo: int, hi: int) -> torch.Tensor:
@@ -154,8 +153,8 @@ class CanvasForward:
             mask = mask[:, :, lo:hi]  # query rows of this call, every key column
         self.nfe += 1
         if start is None:
-            return self.call(inp, mask, pos, None, 0, self.kwargs)
-        return self.call(inp, mask, pos, self.cache, start, self.kwargs, partial=hi - lo < self.length)
+            return self.call(inp, mask, pos, None, 0, self.media)
+        return self.call(inp, mask, pos, self.cache, start, self.media, partial=hi - lo < self.length)
 
     def logits(self, block: int, step: int) -> torch.Tensor:
         """(B, e - s, V) float32 logits of block `block` at its step `step` (guidance applied)."""

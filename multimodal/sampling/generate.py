@@ -39,9 +39,10 @@ generation without a synchronisation. Commits, EOS fill and commit steps are wri
 The model call sees the same shapes at every step of a block (forward.py) and can be compiled
 (``SamplerConfig.compile``, compiled.py).
 
-The model is any callable ``model(input_ids, attention_mask=, position_ids=, return_logits=False,
-**model_kwargs)`` returning hidden states, with a ``head`` method (the backbone and the multimodal
-model both are); caches also need its ``cache=`` / ``cache_start=`` arguments.
+The model is a `DiffusionModel` (multimodal/types.py): ``model(input_ids, attention_mask=, position_ids=,
+return_logits=False, cache=, cache_start=, media=)`` returning hidden states, with a ``head`` method (the
+backbone, the multimodal model and ESM2 with DSM's head all are); a generation's media go to every call
+as one `MediaFeatures`, encoded once (Engine.encode).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ import torch
 
 from multimodal.sampling.base import Sampler, SamplerError, SpecialIds, StepInfo
 from multimodal.sampling.forward import CanvasForward
-from multimodal.types import SampleOutput
+from multimodal.types import DiffusionModel, Media, SampleOutput
 
 
 def left_pad(
@@ -72,12 +73,12 @@ def left_pad(
     return ids.to(device), mask.to(device)
 
 
-def _context_length(model: Any) -> int | None:
+def _context_length(model: DiffusionModel) -> int | None:
     config = getattr(model, "config", None)
     return getattr(config, "max_seq_len", None)
 
 
-def _model_device(model: Any) -> torch.device:
+def _model_device(model: DiffusionModel) -> torch.device:
     try:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):
@@ -90,7 +91,7 @@ def _blocks(start: int, end: int, block_length: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def _denoise(
-    model: Any,
+    model: DiffusionModel,
     x: torch.Tensor,
     attention_mask: torch.Tensor | None,
     region: tuple[int, int],
@@ -101,7 +102,7 @@ def _denoise(
     conditioned: torch.Tensor,
     generator: torch.Generator | None,
     callback: Callable[[StepInfo], None] | None,
-    model_kwargs: dict[str, Any],
+    media: Media | None,
     blocks_start_masked: bool = False,
 ) -> SampleOutput:
     """Decode the masked positions of x[:, region] block by block (shared by generate and infill).
@@ -111,7 +112,7 @@ def _denoise(
     """
     cfg = sampler.config
     mask_id = special.mask_id
-    forward = CanvasForward(model, x, attention_mask, conditioned, blocks, cfg, special, model_kwargs)
+    forward = CanvasForward(model, x, attention_mask, conditioned, blocks, cfg, special, media)
     r0, r1 = region
     commit_step = torch.where(x[:, r0:r1] == mask_id, -2, -1).to(x.device)  # -1: given, -2: not yet committed
     eos_stop = cfg.stop_at_eos and special.eos_id is not None
@@ -210,7 +211,7 @@ def _fill_after_eos(
 
 
 def generate(
-    model: Any,
+    model: DiffusionModel,
     prompts: torch.Tensor | Sequence[Sequence[int]],
     sampler: Sampler,
     special: SpecialIds,
@@ -219,7 +220,7 @@ def generate(
     pad_id: int | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[StepInfo], None] | None = None,
-    **model_kwargs: Any,
+    media: Media | None = None,
 ) -> SampleOutput:
     """Generate `sampler.config.gen_length` tokens after each prompt.
 
@@ -232,7 +233,8 @@ def generate(
         pad_id: id used for padding lists (default: EOS, else 0); hidden from attention anyway.
         generator: randomness (same device as the model).
         callback: called after every step with a `StepInfo`.
-        model_kwargs: passed to every model call (modality features, ...).
+        media: the prompts' media given to every model call: encoded once (`MediaFeatures`, as Engine.encode
+            does) or raw items the model encodes at every call (`MediaItems`).
 
     Returns:
         SampleOutput; `generated` is (B, gen_length).
@@ -272,13 +274,13 @@ def generate(
         conditioned,
         generator,
         callback,
-        model_kwargs,
+        media,
         blocks_start_masked=True,
     )
 
 
 def infill(
-    model: Any,
+    model: DiffusionModel,
     input_ids: torch.Tensor,
     sampler: Sampler,
     special: SpecialIds,
@@ -287,7 +289,7 @@ def infill(
     block_length: int | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[StepInfo], None] | None = None,
-    **model_kwargs: Any,
+    media: Media | None = None,
 ) -> SampleOutput:
     """Fill the mask tokens already present in `input_ids` (B, L), keeping every other token.
 
@@ -321,5 +323,5 @@ def infill(
         given,
         generator,
         callback,
-        model_kwargs,
+        media,
     )

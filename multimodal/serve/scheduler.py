@@ -164,7 +164,7 @@ class Scheduler:
                 seed = job.seed if job.seed is not None else int(torch.randint(0, 2**62, ()).item())
                 generator = torch.Generator(device=self.engine.device).manual_seed(seed)
                 on_step = _step_events(job) if job.want_steps else None
-                job.row = Row(job.batch.prompts[0], job.sampler, generator, media.kwargs, job, on_step)
+                job.row = Row(job.batch.prompts[0], job.sampler, generator, media.features, job, on_step)
                 job.row.cancelled = job.cancelled
                 self.batch.add(job.row)
             except Exception as err:  # a bad item (unreadable image, ...) fails its job, not the server

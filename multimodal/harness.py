@@ -20,7 +20,6 @@ request gets the same numbers whatever order or batch the harness sends it in. `
 from __future__ import annotations
 
 import zlib
-from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 from lm_eval.api.model import LM
 
 from multimodal.diffusion.likelihood import elbo, rolling_perplexity
+from multimodal.sampling import answer_sampler, merge_sampler
 from multimodal.sampling.engine import Engine
 
 
@@ -57,7 +57,7 @@ class MMDiffLM(LM):
     def _greedy(self, context: list[int], continuation: list[int]) -> bool:
         n = len(continuation)
         base = self.engine.sampler_config
-        steps = replace(base, gen_length=n, block_length=n, steps=n, temperature=0.0)
+        steps = merge_sampler(base, {"gen_length": n, "block_length": n, "steps": n, "temperature": 0.0})
         out = self.engine.generate([context], steps)
         return out.generated[0].tolist() == continuation
 
@@ -99,10 +99,9 @@ class MMDiffLM(LM):
             context, kwargs = request.args
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            block = base.block_length
-            length = -(-int(kwargs.get("max_gen_toks", base.gen_length)) // block) * block
-            steps = max(1, base.steps // max(1, base.gen_length // block)) * (length // block)
-            config = replace(base, gen_length=length, steps=steps, temperature=float(kwargs.get("temperature", 0.0)))
+            config = answer_sampler(
+                base, int(kwargs.get("max_gen_toks", base.gen_length)), float(kwargs.get("temperature", 0.0))
+            )
             generator = self._generator(context, device=self.engine.device)
             out = self.engine.generate([self._encode(context, "context")], config, generator=generator)
             text = self.engine.texts(out)[0]

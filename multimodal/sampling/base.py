@@ -70,6 +70,25 @@ class SamplerConfig(LoopSettings):
             )
 
 
+def answer_sampler(
+    base: SamplerConfig,
+    max_tokens: int | None,
+    temperature: float | None = None,
+    changes: Mapping[str, Any] | None = None,
+    fixed: Collection[str] = (),
+) -> SamplerConfig:
+    """`base` sized for an answer of at most `max_tokens` (an API's request, a harness's ``max_gen_toks``):
+    the canvas is `max_tokens` rounded up to whole blocks and keeps `base`'s steps per block; `temperature`
+    and `changes` are applied after (merge_sampler, with its `fixed` keys)."""
+    bl = base.block_length
+    per_block = base.steps // (base.gen_length // bl)
+    gen = base.gen_length if max_tokens is None else -(-max_tokens // bl) * bl
+    sized: dict[str, Any] = {"gen_length": gen, "steps": per_block * (gen // bl)}
+    if temperature is not None:
+        sized["temperature"] = temperature
+    return merge_sampler(base, {**sized, **(changes or {})}, fixed)
+
+
 def merge_sampler(
     base: SamplerConfig, changes: Mapping[str, Any], fixed: Collection[str] = (), fixed_by: str = "the server"
 ) -> SamplerConfig:

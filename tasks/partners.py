@@ -24,13 +24,11 @@ Evaluation on held-out binders, each measure next to a control (tasks/partner_ev
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -78,17 +76,6 @@ class PartnerConfig(ProteinConfig):
             raise ValueError(f"reconstruction_rate must be in (0, 1], got {self.reconstruction_rate}")
         if self.generate_per_target < 0 or self.elbo_draws < 1 or self.min_reference < 1:
             raise ValueError("generate_per_target must be >= 0, elbo_draws and min_reference >= 1")
-
-
-def built_dataset(data_dir: str, build: Any, write: Callable[[Path, Any], dict], what: str) -> Path:
-    """``<data_dir>/<hash of the build settings>``, written by `write(folder, build)` the first time (its
-    manifest.json, written last, marks it complete)."""
-    digest = hashlib.sha1(json.dumps(asdict(build), sort_keys=True).encode()).hexdigest()[:10]
-    folder = Path(data_dir) / digest
-    if not (folder / "manifest.json").is_file():
-        log.info("building the %s data set in %s from its pinned assets", what, folder)
-        write(folder, build)
-    return folder
 
 
 class PartnerTask(BinderTask):

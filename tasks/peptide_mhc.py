@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.base import TASKS
-from tasks.partners import PartnerConfig, PartnerTask, built_dataset
+from tasks.partners import PartnerConfig, PartnerTask
+from tasks.real.built import built_dataset
 
 log = logging.getLogger(__name__)
 

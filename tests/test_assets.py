@@ -116,3 +116,22 @@ def test_cli_lists_the_registered_assets_and_their_state(cache, capsys):
     assert capsys.readouterr().out.strip() == str(cache / "mhcseqs-2.6.13-py3-none-any.whl")
     assert main(["assets", "path", "mhcnugets"]) == 2
     assert "did you mean 'mhcnuggets'" in capsys.readouterr().err
+
+
+def test_a_declared_folder_reads_in_one_pass_and_nothing_else(tmp_path, monkeypatch):
+    from multimodal.assets import read_folder
+
+    monkeypatch.setenv("MMDIFF_ASSETS", str(tmp_path))
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("pkg/data/a.txt", b"A")
+        z.writestr("pkg/data/sub/b.txt", b"B")
+        z.writestr("pkg/other.txt", b"C")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    asset = Asset("pkg", "pypi", "pkg", "1.0", wheel.name, digest, ("pkg/data/",))
+    assert read_folder(asset, "pkg/data/") == {"pkg/data/a.txt": b"A", "pkg/data/sub/b.txt": b"B"}
+    assert read_member(asset, "pkg/data/sub/b.txt") == b"B"
+    with pytest.raises(KeyError, match="declares no member 'pkg/other.txt'"):
+        read_member(asset, "pkg/other.txt")
+    with pytest.raises(KeyError, match="declares no folder 'pkg/'"):
+        read_folder(asset, "pkg/")

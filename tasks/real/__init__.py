@@ -2,4 +2,4 @@
 
 Importing the package registers their assets (``mmdiff assets list``)."""
 
-from tasks.real import peptide_mhc, tcr_epitope  # noqa: F401  (register mhcnuggets, mhcseqs and tcrdist3)
+from tasks.real import easy_vqa, peptide_mhc, tcr_epitope  # noqa: F401  (register their assets)

@@ -3,7 +3,17 @@
 
 from __future__ import annotations
 
-from encoders import audio, audio_adapters, diffa, llada_v, protein, vision, vision_cnn, whisper_llada  # noqa: E402,F401  (register the towers)
+from encoders import (  # noqa: E402,F401  (register the towers)
+    audio,
+    audio_adapters,
+    diffa,
+    llada_v,
+    protein,
+    vision,
+    vision_cnn,
+    vision_torchvision,
+    whisper_llada,
+)
 from encoders.base import ENCODERS, EncoderSpec, ModalityAdapter, ModalityEncoder, create_encoder, list_encoders
 from encoders.projectors import PROJECTORS, create_projector, list_projectors
 

@@ -342,6 +342,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _assets(args: argparse.Namespace) -> int:
     """``mmdiff assets list|fetch|path [NAMES]`` over the assets the project's modules register."""
+    import encoders  # noqa: F401  (registers the weight assets)
     import tasks.real  # noqa: F401  (registers the data assets)
     from multimodal.assets import ASSETS, cache_dir, fetch, is_fetched
 

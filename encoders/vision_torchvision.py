@@ -94,22 +94,22 @@ class TorchvisionTower(ModalityEncoder):
     def lock(self, unlocked_groups: int = 0) -> None:
         for p in self.parameters():
             p.requires_grad_(False)
-        for block in list(self.stages)[len(self.stages) - unlocked_groups :] if unlocked_groups > 0 else []:
-            for p in block.parameters():
-                p.requires_grad_(True)
+        if unlocked_groups > 0:
+            for block in list(self.stages)[-unlocked_groups:]:
+                for p in block.parameters():
+                    p.requires_grad_(True)
 
 
 def _eval_transform(model_name: str, image_size: int | None, entry: str = "DEFAULT") -> Any:
     """torchvision's evaluation transform of the architecture's ImageNet weights `entry` (``DEFAULT``,
     ``IMAGENET1K_V1``, ...; nothing is downloaded: the enum only describes them), at `image_size` if given."""
     import torchvision
-    from torchvision.transforms._presets import ImageClassification
 
     preset = getattr(torchvision.models.get_model_weights(model_name), entry).transforms()
     if image_size is None:
         return preset
     resize = round(image_size * preset.resize_size[0] / preset.crop_size[0])
-    return ImageClassification(
+    return type(preset)(  # torchvision's ImageClassification, its class taken from the preset
         crop_size=image_size,
         resize_size=resize,
         mean=preset.mean,

@@ -115,6 +115,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many examples")
     with_overrides(p)
 
+    p = sub.add_parser(
+        "preference-pairs",
+        help="VRPO data: sample each prompt several times with a run, pair its best and worst completions (JSON lines)",
+    )
+    p.add_argument("--run", required=True, help="run folder or checkpoint folder (the SFT model)")
+    p.add_argument("--out", required=True, help="JSON-lines file to write")
+    p.add_argument("--split", default="train", help="the task split whose prompts are sampled")
+    p.add_argument("--limit", type=int, default=None, help="at most this many prompts")
+    p.add_argument("--samples", type=int, default=4, help="completions per prompt")
+    p.add_argument(
+        "--reward",
+        action="append",
+        default=None,
+        metavar="NAME=WEIGHT",
+        help="how completions are ranked (repeatable; default exact_match=1 and char_accuracy=1; task.<metric> too)",
+    )
+    with_overrides(p)
+
     import tasks  # noqa: F401  (registers the tasks' commands)
     from tasks.commands import TASK_COMMANDS
 
@@ -337,7 +355,33 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "sample":
         return _sample(run, args)
+    if args.command == "preference-pairs":
+        return _preference_pairs(run, args)
     return _task_command(run, args)
+
+
+def _preference_pairs(run, args: argparse.Namespace) -> int:
+    """``mmdiff preference-pairs``: the run's own samples of a split's prompts, ranked into pairs (JSON lines)."""
+    from multimodal.train.preferences import build_pairs, write_pairs
+
+    rewards = {"exact_match": 1.0, "char_accuracy": 1.0}
+    if args.reward:
+        rewards = {}
+        for item in args.reward:
+            name, _, weight = item.partition("=")
+            rewards[name] = float(weight or 1.0)
+    engine = run.engine()
+    if engine.sampler_config.temperature <= 0:
+        raise ConfigError("preference-pairs samples: set a temperature above 0 (--set sampler.temperature=0.9)")
+    run.task.check_split(args.split)
+    layouts = run.task.eval_layouts(args.split) if args.split != "train" else run.task.train_layouts()
+    out = Path(args.out)
+    media = out.with_name(out.stem + "_media")  # images or audio the task holds in memory are written here
+    rows, stats = build_pairs(
+        run.task, engine, layouts[: args.limit or None], args.samples, rewards, run.config.seed, media
+    )
+    print(json.dumps({**stats, "out": str(write_pairs(out, rows))}))
+    return 0
 
 
 def _assets(args: argparse.Namespace) -> int:

@@ -6,12 +6,16 @@ layer plus B A x scaled by alpha / rank, with A random and B zero so training st
 model. `merge_lora` folds the update back into plain linear layers for inference or export.
 `load_peft_lora` reads trained adapters saved by peft on the released LLaDA layout (Whisper-LLaDA's
 checkpoint: ``...transformer.blocks.N.q_proj.lora_A.default.weight``), whose module names are ours.
+`adapters_disabled` runs the base model alone, which post-training uses as its frozen reference when the
+adapters started at zero (no second copy of the weights).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -30,6 +34,7 @@ class LoRALinear(nn.Module):
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.rank, self.scale = rank, alpha / rank
+        self.enabled = True
         self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
@@ -39,6 +44,8 @@ class LoRALinear(nn.Module):
         return self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.base(x)
         return self.base(x) + (x @ self.lora_a.t().to(x.dtype)) @ self.lora_b.t().to(x.dtype) * self.scale
 
     def merged(self) -> nn.Linear:
@@ -51,15 +58,33 @@ class LoRALinear(nn.Module):
 
 
 def add_lora(model: nn.Module, targets: tuple[str, ...] | list[str], rank: int, alpha: float) -> list[str]:
-    """Wrap the matching linear layers in place; returns their names (an empty match is an error)."""
+    """Wrap the matching linear layers in place; returns their names. A target that names no linear
+    layer of the model is an error naming it (a misspelt target would otherwise leave layers unadapted)."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.split(".")[-1] in targets]
-    if not names:
-        raise ValueError(f"no linear layer named {list(targets)} to put LoRA on")
+    found = {n.split(".")[-1] for n in names}
+    missing = [t for t in targets if t not in found]
+    if missing:
+        layers = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(f"LoRA targets {missing} name no linear layer of the model (its layers: {', '.join(layers)})")
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, LoRALinear(getattr(parent, child), rank, alpha))
     return names
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[int]:
+    """Within the block every LoRALinear of `model` computes its base layer alone; yields how many."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    states = [m.enabled for m in layers]
+    for m in layers:
+        m.enabled = False
+    try:
+        yield len(layers)
+    finally:
+        for m, state in zip(layers, states, strict=True):
+            m.enabled = state
 
 
 def merge_lora(model: nn.Module) -> int:

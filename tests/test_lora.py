@@ -31,5 +31,11 @@ def test_lora_starts_at_the_base_model_trains_only_adapters_and_merges():
 
 
 def test_lora_needs_a_match():
-    with pytest.raises(ValueError, match="no linear layer named"):
+    with pytest.raises(ValueError, match="name no linear layer"):
         add_lora(create_backbone("llada_tiny"), ("nope",), 4, 8)
+
+
+def test_every_lora_target_must_match():
+    # d1's release lists targets LLaDA does not have, so most layers silently stay unadapted: here it is an error
+    with pytest.raises(ValueError, match=r"\['o_proj', 'gate_proj'\] name no linear layer.*attn_out"):
+        add_lora(create_backbone("llada_tiny"), ("q_proj", "o_proj", "gate_proj"), 4, 8)

@@ -2,7 +2,8 @@
 
 Sections: backbone (a registered preset plus overrides), tokenizer, task (selected by its `name`),
 diffusion (the objective), sampler (selected by its `name`: the decoding used for evaluation and
-`mmdiff sample`), train (optimiser, schedule, trainer). Unknown keys fail with the closest valid
+`mmdiff sample`), train (optimiser, schedule, trainer), and for a post-training stage ``vrpo`` or
+``grpo`` (posttrain_config.py). Unknown keys fail with the closest valid
 name; the resolved config, every default included, is written next to every checkpoint.
 """
 
@@ -22,6 +23,7 @@ from multimodal.registry import suggest
 from multimodal.sampling import SamplerConfig, sampler_config_class
 from multimodal.tokenizer import TokenizerConfig
 from multimodal.train.optim import OptimConfig
+from multimodal.train.posttrain_config import GRPOConfig, VRPOConfig, check_posttrain
 from tasks import TaskConfig, task_config_class
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
@@ -180,6 +182,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     modalities: dict[str, ModalityConfig] = field(default_factory=dict)
     dsm: DSMModelConfig | None = None
+    vrpo: VRPOConfig | None = None
+    grpo: GRPOConfig | None = None
     init_from: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -258,9 +262,33 @@ def check_experiment(config: ExperimentConfig) -> ExperimentConfig:
                 close = suggest(value, registry.names())
                 raise ConfigError(f"modalities.{name}.{kind}: unknown {kind} '{value}'{close}")
     task = create_task(config.task)
+    _check_posttrain(config, task)
     for split in cfg.eval_splits if cfg.eval_at_end else ():
         try:
             task.check_split(split)
         except KeyError as err:
             raise ConfigError(f"train.eval_splits: {err.args[0]}") from None
     return config
+
+
+def _check_posttrain(config: ExperimentConfig, task: Any) -> None:
+    """A vrpo or grpo section's checks: one stage, budgets, the rollout sampler, known rewards and split."""
+    from multimodal.sampling.base import merge_sampler
+    from multimodal.train.rewards import REWARDS
+
+    try:
+        check_posttrain(config.vrpo, config.grpo, config.train.pack_length, config.train.streaming)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    grpo = config.grpo
+    if grpo is None:
+        return
+    merge_sampler(config.sampler, grpo.rollout, fixed_by="grpo.rollout")
+    for name in grpo.rewards:
+        if not name.startswith("task.") and name not in REWARDS:
+            close, known = suggest(name, REWARDS.names()), ", ".join(REWARDS.names())
+            raise ConfigError(f"grpo.rewards: unknown reward '{name}'{close} (known: {known}, or task.<metric>)")
+    try:
+        task.check_split(grpo.split)
+    except KeyError as err:
+        raise ConfigError(f"grpo.split: {err.args[0]}") from None

@@ -72,6 +72,9 @@ class DiffusionModule(L.LightningModule):
         self._skip_update = False
         self.matrices = matrix_names(model)  # before any sharding (optim.matrix_names)
         self.num_masked: int | None = None  # masked tokens of the last training batch (TrainingMonitor's FLOPs)
+        self.trained_batch: MultimodalBatch | None = (
+            None  # post-training: the rows the step trained on, if not the batch
+        )
         self.stream_start = (0, 0)  # (global step, samples consumed) where this run entered the stream
 
     def samples_consumed(self) -> int:

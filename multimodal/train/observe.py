@@ -173,6 +173,8 @@ class TrainingMonitor(L.Callback):
         fetched = self._timer.total if self._timer is not None else 0.0
         step_s, wait_s = now - self._last_end, fetched - self._fetched
         self._last_end, self._fetched = now, fetched
+        # a post-training stage says what its backward pass ran on (masked copies, prompt-masked rollouts)
+        batch = getattr(pl_module, "trained_batch", None) or batch
         self._steps.append((step_s, wait_s, batch.num_tokens, self._step_flops(pl_module, batch)))
 
         seconds = max(sum(s[0] for s in self._steps), 1e-9)

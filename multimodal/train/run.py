@@ -132,6 +132,7 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     from multimodal.train.evaluate import evaluate
     from multimodal.train.module import DiffusionModule
     from multimodal.train.observe import TrainingMonitor, build_loggers
+    from multimodal.train.posttrain import is_posttraining, posttrain_loader, posttrain_module
 
     cfg = config.train
     check_experiment(config)  # a config built in Python was not checked at resolution
@@ -142,19 +143,14 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     L.seed_everything(config.seed, workers=True, verbose=False)
     run = build_run(config)
     run.folder = claim_folder(run.folder, cfg.resume)
+    common = {"diffusion": config.diffusion, "train": cfg, "mask_id": run.tokenizer.mask_id, "seed": config.seed}
+    common.update(eos_id=run.tokenizer.eos_id, pad_id=run.tokenizer.pad_id)
+    # a post-training stage copies its frozen reference from the starting model, before caches and compilation
+    module = posttrain_module(run, **common) if is_posttraining(run) else DiffusionModule(run.model, **common)
     if cfg.cache_features:
         install_feature_caches(run.model)
     if cfg.compile:
         compile_blocks(run.model)
-    module = DiffusionModule(
-        run.model,
-        config.diffusion,
-        cfg,
-        run.tokenizer.mask_id,
-        config.seed,
-        eos_id=run.tokenizer.eos_id,
-        pad_id=run.tokenizer.pad_id,
-    )
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
@@ -202,13 +198,17 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
         log.info("resuming %s from %s (step %d)", config.name, state, module.stream_start[0])
     elif cfg.resume:
         log.info("no training state in %s: starting from step 0", run.folder / "checkpoints")
-    loader, examples = _train_loader(run, shards, *module.stream_start)
+    if is_posttraining(run):
+        loader, examples = posttrain_loader(run, *module.stream_start, trainer.world_size)
+    else:
+        loader, examples = _train_loader(run, shards, *module.stream_start)
     if trainer.is_global_zero:  # the rank comes from torchrun's / SLURM's environment before fit
         run.folder.mkdir(parents=True, exist_ok=True)
         dump(config, run.folder / CONFIG)
         _keep_metrics_until(run.folder / "metrics.jsonl", module.stream_start[0])
     total = sum(p.numel() for p in run.model.parameters())
-    log.info("training %s: %.2fM parameters, %s training examples", config.name, total / 1e6, examples)
+    data = examples if isinstance(examples, str) else f"{examples} training examples"
+    log.info("training %s: %.2fM parameters, %s", config.name, total / 1e6, data)
     trainer.fit(module, loader, ckpt_path=state, weights_only=True)
     if cfg.cache_features:
         remove_feature_caches(run.model)

@@ -4,6 +4,7 @@ the frozen reference, resume between inner updates, LoRA, preference data with b
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,8 +94,8 @@ def test_grpo_resumes_between_inner_updates_exactly(tmp_path):
         grpo(cut, "train.max_steps=5", "grpo.inner_updates=3", "train.checkpoint_every=0", "train.resume=true")
     )
     assert [r["loss"] for r in metrics(resumed.folder)] == pytest.approx([r["loss"] for r in metrics(whole.folder)])
-    a = read_weights(whole.folder / "checkpoints" / "last")
-    b = read_weights(resumed.folder / "checkpoints" / "last")
+    a = read_weights(whole.folder / "checkpoints" / "last" / "model.safetensors")
+    b = read_weights(resumed.folder / "checkpoints" / "last" / "model.safetensors")
     for name, value in a.items():
         torch.testing.assert_close(b[name], value, rtol=1e-6, atol=1e-7)
 
@@ -110,7 +111,7 @@ def test_grpo_with_lora_trains_adapters_only_against_the_base_model(tmp_path):
     )
     start = build_run(config).model  # the same seed: the starting weights, adapters at zero
     run = train(config)
-    trained = read_weights(run.folder / "checkpoints" / "last")
+    trained = read_weights(run.folder / "checkpoints" / "last" / "model.safetensors")
     for name, value in start.state_dict().items():
         if ".lora_" not in name:
             torch.testing.assert_close(trained[name], value)  # the backbone never moved
@@ -147,11 +148,12 @@ def test_vrpo_stage_learns_its_pairs(tmp_path):
     data = write_pairs_file(tmp_path / "pairs.jsonl", GOOD)
     config = load_experiment(
         "digits_reverse_vrpo",
-        small(tmp_path, f"vrpo.data={data}", "train.batch_size=6", "train.max_steps=25", "train.lr=3e-3"),
+        small(tmp_path, f"vrpo.data={data}", "train.batch_size=6", "train.max_steps=30", "train.lr=1e-2"),
     )
     rows = metrics(train(config).folder)
-    assert rows[0]["pref_accuracy"] <= 0.5 + 1e-6 and rows[0]["margin"] == pytest.approx(0.0, abs=1e-5)
-    assert rows[-1]["pref_accuracy"] == 1.0 and rows[-1]["margin"] > 1.0
+    assert rows[0]["margin"] == pytest.approx(0.0, abs=1e-5) and rows[0]["loss"] == pytest.approx(math.log(2))
+    last = rows[-6:]  # the per-step estimates are noisy: judge the last six steps together
+    assert sum(r["loss"] for r in last) / 6 < 0.4 and min(r["margin"] for r in last) > 3.0
 
 
 def test_bad_preference_rows_are_counted_and_skipped(tmp_path):

@@ -215,9 +215,9 @@ class GRPOModule(DiffusionModule):
         out = grpo_loss(logp, old, ref, r.advantages, r.mask, cfg.clip_eps, cfg.beta)
         size = r.sequences.shape[0]
         self.num_masked = int(r.mask.sum())
-        self.trained_batch = MultimodalBatch(
-            r.views[k], r.mask, attention_mask=r.attention_mask
-        )  # rollouts not counted
+        scored = torch.zeros_like(r.views[k], dtype=torch.bool)
+        scored[:, r.start :] = r.mask
+        self.trained_batch = MultimodalBatch(r.views[k], scored, attention_mask=r.attention_mask)  # not the rollouts
         loss = self.trainer.strategy.reduce(out.loss.detach().clone(), reduce_op="mean")
         if not torch.isfinite(loss):
             return self._nonfinite(float(loss))

@@ -253,3 +253,39 @@ def test_both_stages_take_image_prompts_whose_adapter_inputs_ride_along(tmp_path
     pairs_file = write_pairs_file(tmp_path / "pairs.jsonl", rows)
     pref = train(load_experiment("shapes_vqa", [*after, "name=vrpo", f"vrpo={{data: {pairs_file}, timesteps: 2}}"]))
     assert [r["step"] for r in metrics(pref.folder)] == [1, 2]
+
+
+def test_both_stages_take_audio_prompts_with_a_wer_reward(tmp_path):
+    spoken = "{train_size: 12, validation_size: 4, test_size: 4, voices: [en-us], held_out_voices: [en-us+f2]}"
+    speech = [
+        f"train.output_dir={tmp_path}",
+        f"task.data_dir={tmp_path / 'data'}",
+        f"task.spoken={spoken}",
+        "train.batch_size=2",
+        "train.threads=1",
+        "train.log_every=1",
+        "train.eval_at_end=false",
+        "modalities.audio.encoder_args={width: 32, layers: 1, heads: 2, ctc_vocab: 256}",
+    ]
+    sft = train(load_experiment("spoken_asr", [*speech, "train.max_steps=2"]))
+    after = [*speech, f"init_from={sft.folder}", "train.max_steps=2", "sampler.steps=8"]
+    rl = train(
+        load_experiment(
+            "spoken_asr", [*after, "name=grpo", "grpo={group_size: 2, inner_updates: 1, rewards: {task.wer: -1.0}}"]
+        )
+    )
+    assert [r["step"] for r in metrics(rl.folder)] == [1, 2] and all(r["reward"] <= 0 for r in metrics(rl.folder))
+
+    layouts = sft.task.train_layouts()[:3]
+    rows = [
+        {
+            "prompt": lay.prompt + lay.prompt_suffix,
+            "chosen": lay.answer,
+            "rejected": "no",
+            "media": media_files(lay, tmp_path / "m"),
+        }
+        for lay in layouts
+    ]
+    pairs_file = write_pairs_file(tmp_path / "pairs.jsonl", rows)
+    pref = train(load_experiment("spoken_asr", [*after, "name=vrpo", f"vrpo={{data: {pairs_file}, timesteps: 2}}"]))
+    assert [r["step"] for r in metrics(pref.folder)] == [1, 2]

@@ -234,7 +234,7 @@ def test_both_stages_take_image_prompts_whose_adapter_inputs_ride_along(tmp_path
     rl = train(
         load_experiment(
             "shapes_vqa",
-            [*after, "name=grpo", "grpo={group_size: 2, inner_updates: 1, rewards: {task.accuracy: 1.0}}"],
+            [*after, "name=grpo", "grpo={group_size: 2, inner_updates: 1, rewards: {vqa_accuracy: 1.0}}"],
         )
     )
     assert [r["step"] for r in metrics(rl.folder)] == [1, 2]
@@ -271,7 +271,7 @@ def test_both_stages_take_audio_prompts_with_a_wer_reward(tmp_path):
     after = [*speech, f"init_from={sft.folder}", "train.max_steps=2", "sampler.steps=8"]
     rl = train(
         load_experiment(
-            "spoken_asr", [*after, "name=grpo", "grpo={group_size: 2, inner_updates: 1, rewards: {task.wer: -1.0}}"]
+            "spoken_asr", [*after, "name=grpo", "grpo={group_size: 2, inner_updates: 1, rewards: {wer: -1.0}}"]
         )
     )
     assert [r["step"] for r in metrics(rl.folder)] == [1, 2] and all(r["reward"] <= 0 for r in metrics(rl.folder))

@@ -2,9 +2,11 @@
 
 `layout` is the task's example laid out (tasks/base.py `Layout`: its ``answer`` is the reference, its
 ``meta`` the question type and ids). Registered rewards are named in ``grpo.rewards`` with a weight; the
-weighted sum is a completion's reward. ``task.<metric>`` uses any metric the task itself reports on one
-prediction (``task.accuracy`` for VQA with its answer normalisation, ``task.wer`` with a negative weight
-for speech), so a task's reward is the number it is evaluated on.
+weighted sum is a completion's reward: ``exact_match``, ``char_accuracy``, ``vqa_accuracy`` (the VQA
+answer normalisation of the task's metric) and ``wer`` (one utterance's word error rate after the ASR
+metric's normaliser; give it a negative weight). ``task.<metric>`` calls the task's whole `metrics` on
+one prediction: any metric a task reports becomes a reward, but tasks whose metrics also compute
+aggregates (the VQA answer prior reads the training split) make it slow, hence the registered ones.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from collections.abc import Callable, Mapping
 from multimodal.registry import new_registry
 from tasks import Task
 from tasks.base import Layout
+from tasks.asr_metrics import wer_report
 from tasks.metrics import exact_match, token_accuracy
+from tasks.vqa_metrics import vqa_soft_accuracy
 
 Reward = Callable[[str, str, Layout], float]
 
@@ -31,6 +35,18 @@ def exact_match_reward(prompt: str, completion: str, layout: Layout) -> float:
 def char_accuracy_reward(prompt: str, completion: str, layout: Layout) -> float:
     """Share of the reference's characters reproduced at their position (a denser signal)."""
     return token_accuracy([completion], [layout.answer])
+
+
+@REWARDS.register("vqa_accuracy")
+def vqa_accuracy_reward(prompt: str, completion: str, layout: Layout) -> float:
+    """The VQA accuracy of one answer (normalised answers compared, as the VQA tasks score)."""
+    return vqa_soft_accuracy(completion, layout.answer)
+
+
+@REWARDS.register("wer")
+def wer_reward(prompt: str, completion: str, layout: Layout) -> float:
+    """One utterance's word error rate against the reference transcript (lower is better: weight it -1)."""
+    return float(wer_report([completion], [layout.answer])["wer"])
 
 
 def task_metric_reward(task: Task, metric: str) -> Reward:

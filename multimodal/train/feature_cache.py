@@ -63,7 +63,11 @@ class FeatureCache:
     def __call__(self, encoder: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(n, ...) inputs -> (n, N, C) features, new items encoded in one eval-mode, no-grad forward."""
         keys = self.keys(inputs, mask)
-        missing = [i for i, k in enumerate(keys) if k not in self._store]
+        first: dict[bytes, int] = {}  # an item repeated in the batch (a GRPO group's prompt) is encoded once
+        for i, k in enumerate(keys):
+            if k not in self._store:
+                first.setdefault(k, i)
+        missing = list(first.values())
         if missing:
             was_training = encoder.training
             encoder.eval()

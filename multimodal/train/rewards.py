@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 
 from multimodal.registry import new_registry
 from tasks import Task
-from tasks.base import Layout
 from tasks.asr_metrics import wer_report
+from tasks.base import Layout
 from tasks.metrics import exact_match, token_accuracy
 from tasks.vqa_metrics import vqa_soft_accuracy
 

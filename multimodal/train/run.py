@@ -149,6 +149,9 @@ def train(config: ExperimentConfig, callbacks: Sequence[Any] = ()) -> Run:
     module = posttrain_module(run, **common) if is_posttraining(run) else DiffusionModule(run.model, **common)
     if cfg.cache_features:
         install_feature_caches(run.model)
+        reference = getattr(getattr(module, "reference", None), "model", None)  # a post-training stage's copy
+        if reference is not None:
+            install_feature_caches(reference)
     if cfg.compile:
         compile_blocks(run.model)
     precision = cfg.precision

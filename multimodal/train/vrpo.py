@@ -86,7 +86,7 @@ class VRPOModule(DiffusionModule):
         pairs = batch.input_ids.shape[0] // 2
         scores = preference_score(policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:], cfg.beta)
         loss_value = dpo_loss(scores)
-        self.num_masked = int(copies.masked.sum()) * (2 if cfg.antithetic else 1)  # rows of the reference's head too
+        self.num_masked = int(copies.masked.sum())  # the policy's trained rows (the reference's forward is not counted)
         attention = None if batch.attention_mask is None else batch.attention_mask.repeat_interleave(copies.copies, 0)
         self.trained_batch = MultimodalBatch(copies.input_ids, copies.masked, attention_mask=attention)
         loss = self.trainer.strategy.reduce(loss_value.detach().clone(), reduce_op="mean")

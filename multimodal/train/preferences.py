@@ -186,14 +186,15 @@ def build_pairs(
     """
     if samples < 2:
         raise ValueError(f"need at least 2 samples per prompt to rank, got {samples}")
+    for lay in layouts:  # before any sampling: a pair row holds one plain prompt
+        if lay.history or (lay.prompt_suffix and task.config.chat):
+            raise ValueError(f"example {lay.meta.get('id')}: pairs hold single-turn prompts")
     reward = build_reward(rewards, task)
     rows, ties, scores = [], 0, []
     generator = engine.generator(seed)
-    for start in range(0, len(layouts), max(1, engine.batch_size // samples)):
-        chunk = list(layouts[start : start + max(1, engine.batch_size // samples)])
-        for lay in chunk:
-            if lay.history or lay.prompt_suffix and task.config.chat:
-                raise ValueError(f"example {lay.meta.get('id')}: pairs hold single-turn prompts")
+    per_call = max(1, engine.batch_size // samples)  # prompts per generation call
+    for start in range(0, len(layouts), per_call):
+        chunk = list(layouts[start : start + per_call])
         repeated = [lay for lay in chunk for _ in range(samples)]
         batch = task.prompt_batch(repeated, engine.tokenizer, engine.modalities)
         texts = engine.texts(engine.generate(batch, generator=generator))

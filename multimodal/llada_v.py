@@ -38,7 +38,7 @@ from encoders.base import ModalityAdapter
 from encoders.llada_v import AnyresProjector, LLaDAVTower, tower_config
 from encoders.weights import raise_key_problems
 from multimodal.backbone.config import BackboneConfig
-from multimodal.backbone.convert import CheckpointError, read_tensors, shard_files
+from multimodal.backbone.released import CheckpointError, read_tensors, shard_files
 from multimodal.backbone.transformer import LLaDABackbone
 from multimodal.collate import expand_placeholders, stack_items
 from multimodal.model import MultimodalDiffusionModel

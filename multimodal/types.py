@@ -21,12 +21,15 @@ class BackboneOutput:
         hidden_states: (B, L, D) final hidden states after the last norm (input of the head), when requested.
         cache: the updated key/value cache, when one was passed in.
         extras: auxiliary outputs of modality towers, by modality (e.g. CTC logits for an auxiliary loss).
+        aux_loss: a weighted training term of the backbone itself, added to the objective (LLaDA-MoE's
+            load-balancing and router z-losses), or None.
     """
 
     logits: torch.Tensor | None
     hidden_states: torch.Tensor | None = None
     cache: Any = None
     extras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    aux_loss: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ class LossOutput:
         mean_ce: plain mean cross-entropy over masked positions (unweighted, for logging).
         accuracy: argmax accuracy over masked positions (for logging), or None when not computed.
         ctc: the auxiliary CTC loss when one was added (for logging).
+        aux: the backbone's own weighted term when one was added (for logging; `BackboneOutput.aux_loss`).
     """
 
     loss: torch.Tensor
@@ -160,6 +164,7 @@ class LossOutput:
     mean_ce: float
     accuracy: float | None = None
     ctc: float | None = None
+    aux: float | None = None
 
 
 @dataclass(frozen=True)

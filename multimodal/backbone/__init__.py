@@ -1,9 +1,11 @@
-"""The LLaDA-architecture masked-diffusion backbone: presets, layers, transformer, checkpoint import."""
+"""The LLaDA-architecture masked-diffusion backbones (dense and MoE): presets, layers, transformer,
+checkpoint import."""
 
 from __future__ import annotations
 
 from multimodal.backbone.cache import KVCache
 from multimodal.backbone.config import BACKBONE_PRESETS, BackboneConfig, backbone_preset, list_backbones
+from multimodal.backbone.moe import LLaDAMoEBackbone, MoEBackboneConfig
 from multimodal.backbone.transformer import LLaDABackbone, create_backbone
 
 __all__ = [
@@ -11,6 +13,8 @@ __all__ = [
     "BackboneConfig",
     "KVCache",
     "LLaDABackbone",
+    "LLaDAMoEBackbone",
+    "MoEBackboneConfig",
     "backbone_preset",
     "create_backbone",
     "list_backbones",

@@ -64,6 +64,10 @@ class BackboneConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    def mlp_flops_per_token(self) -> int:
+        """Matrix-product FLOPs of one token through one block's feed-forward part (SwiGLU: 3 matrices)."""
+        return 2 * 3 * self.d_model * self.mlp_hidden
+
     def num_parameters(self) -> int:
         """Parameter count computed from the shapes alone."""
         d, f, kv = self.d_model, self.mlp_hidden, self.kv_heads * self.head_dim

@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from multimodal.backbone.config import BackboneConfig
+from multimodal.backbone.convert_moe import is_llada_moe, load_llada_moe_checkpoint
+from multimodal.backbone.released import CheckpointError, SpecialTokens, read_tensors, shard_files, write_folder
 from multimodal.backbone.transformer import LLaDABackbone
-from multimodal.safeio import read_pickle, read_safetensors, safetensors_keys
+
+__all__ = ["CheckpointError", "SpecialTokens", "load_llada_checkpoint", "save_llada_checkpoint"]
 
 log = logging.getLogger(__name__)
 
 PREFIX = "model.transformer."
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
 
 # config.json flags of the released modelling code that our backbone does not implement, with the
 # value our backbone corresponds to. A checkpoint asking for anything else is refused by name.
@@ -43,19 +42,6 @@ REQUIRED_FLAGS = {
     "attention_layer_norm": False,
     "bias_for_layer_norm": False,
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that does not match the backbone it is loaded into."""
-
-
-@dataclass(frozen=True)
-class SpecialTokens:
-    """Special ids stored in a LLaDA config.json."""
-
-    mask_token_id: int = 126336
-    eos_token_id: int = 126081
-    pad_token_id: int = 126081
 
 
 def config_from_llada_json(path: str | Path) -> tuple[BackboneConfig, SpecialTokens]:
@@ -127,48 +113,11 @@ def llada_json_from_config(config: BackboneConfig, special: SpecialTokens) -> di
     }
 
 
-def shard_files(folder: Path) -> dict[str, Path]:
-    """Map every tensor key of a checkpoint folder to the file that holds it."""
-    index = folder / INDEX_NAME
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index} has no weight_map")
-        files = {}
-        for key, name in weight_map.items():
-            file = folder / name
-            if not file.is_file():
-                raise CheckpointError(f"{index} lists shard {name} for '{key}', but {file} does not exist")
-            files[key] = file
-        return files
-    single = folder / SINGLE_NAME
-    if single.is_file():
-        return {key: single for key in safetensors_keys(single)}
-    bins = sorted(folder.glob("pytorch_model*.bin"))
-    if bins:
-        return {key: path for path in bins for key in read_pickle(path, map_location="meta")}
-    raise CheckpointError(f"{folder} holds no {SINGLE_NAME}, {INDEX_NAME} or pytorch_model*.bin")
-
-
-def read_tensors(files: dict[str, Path], keys: list[str]) -> dict[str, torch.Tensor]:
-    """The tensors `keys` of a checkpoint, each read from the file `files` maps it to."""
-    by_file: dict[Path, list[str]] = {}
-    for key in keys:
-        by_file.setdefault(files[key], []).append(key)
-    out: dict[str, torch.Tensor] = {}
-    for file, names in by_file.items():
-        if file.suffix == ".bin":
-            state = read_pickle(file)
-            out.update({k: state[k] for k in names})
-        else:
-            out.update(read_safetensors(file, names)[0])
-    return out
-
-
 def load_llada_checkpoint(
     folder: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
 ) -> tuple[LLaDABackbone, SpecialTokens]:
-    """Load a released LLaDA folder into a new `LLaDABackbone`.
+    """Load a released LLaDA folder into a new `LLaDABackbone` (a LLaDA-MoE folder: `LLaDAMoEBackbone`,
+    convert_moe.py).
 
     The model is built on the meta device and the checkpoint tensors are assigned to it, so an 8B
     model costs one copy of its weights in memory.
@@ -184,6 +133,8 @@ def load_llada_checkpoint(
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
+    if is_llada_moe(folder):  # the same model_type "llada": told apart by its MoE fields
+        return load_llada_moe_checkpoint(folder, dtype, device)
     config, special = config_from_llada_json(folder)
     with torch.device("meta"):
         model = LLaDABackbone(config)
@@ -216,45 +167,7 @@ def save_llada_checkpoint(
     special: SpecialTokens | None = None,
     max_shard_bytes: int = 5 * 1024**3,
 ) -> Path:
-    """Write `model` as a released-format LLaDA folder (config.json, safetensors shards, index).
-
-    Files are written under temporary names and renamed at the end, so an interrupted export never
-    leaves a folder that looks complete.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    special = special or SpecialTokens()
+    """Write `model` as a released-format LLaDA folder (config.json, safetensors shards, index)."""
     state = {PREFIX + k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for key, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][key] = tensor
-        size += nbytes
-    written: list[tuple[Path, Path]] = []
-    if len(shards) == 1:
-        final = folder / SINGLE_NAME
-        tmp = final.with_suffix(".tmp")
-        save_file(shards[0], str(tmp), metadata={"format": "pt"})
-        written.append((tmp, final))
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards, start=1):
-            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            tmp = folder / (name + ".tmp")
-            save_file(shard, str(tmp), metadata={"format": "pt"})
-            written.append((tmp, folder / name))
-            weight_map.update({k: name for k in shard})
-        total = sum(t.numel() * t.element_size() for t in state.values())
-        index_tmp = folder / (INDEX_NAME + ".tmp")
-        index_tmp.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        written.append((index_tmp, folder / INDEX_NAME))
-    config_tmp = folder / "config.json.tmp"
-    config_tmp.write_text(json.dumps(llada_json_from_config(model.config, special), indent=2))
-    written.append((config_tmp, folder / "config.json"))
-    for tmp, final in written:
-        tmp.replace(final)
-    return folder
+    return write_folder(state, llada_json_from_config(model.config, special or SpecialTokens()), Path(folder),
+                        max_shard_bytes)  # fmt: skip

@@ -10,6 +10,9 @@ key table, network) plus its class here: no `if` on a family in the application 
 
 * ``llada``: the LLaDA-architecture dense bidirectional transformer (`backbone:`, BackboneConfig
   presets ``llada_tiny`` ... ``llada_8b``); a released LLaDA folder in `init_from` is converted.
+* ``llada_moe``: LLaDA-MoE, the same blocks with routed SwiGLU experts and query / key norms
+  (`backbone:` with a MoEBackboneConfig preset, ``llada_tiny_moe``, ``llada_moe_7b``; backbone/moe.py);
+  a released LLaDA-MoE folder in `init_from` is converted (backbone/convert_moe.py).
 * ``dsm``: ESM2 with DSM's capped LM head (`dsm:`, backbone/esm.py); the protein is the vocabulary,
   no adapters, no packing.
 """
@@ -24,6 +27,7 @@ from torch import nn
 
 from multimodal.backbone.config import BackboneConfig
 from multimodal.backbone.esm import DSMModelConfig
+from multimodal.backbone.moe import MoEBackboneConfig
 from multimodal.registry import new_registry
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,11 @@ class LLaDAFamily(BackboneFamily):
             return create_backbone(settings)
         backbone, _ = load_llada_checkpoint(source)
         c = backbone.config
+        if type(c) is not type(settings):
+            raise ValueError(
+                f"init_from {source} holds a {type(c).__name__} backbone but the experiment's preset "
+                f"'{settings.name}' is a {type(settings).__name__}: choose a preset of that family"
+            )
         if (c.vocab_size, c.d_model) != (settings.vocab_size, settings.d_model):
             raise ValueError(f"init_from {source} has shape {c} but the experiment asks for {settings}")
         log.info(
@@ -88,6 +97,14 @@ class LLaDAFamily(BackboneFamily):
                 f"the tokenizer has {tokens} tokens but backbone.vocab_size is {settings.vocab_size}; "
                 f"set backbone.vocab_size >= {tokens}"
             )
+
+
+@FAMILIES.register("llada_moe")
+class LLaDAMoEFamily(LLaDAFamily):
+    """LLaDA-MoE: built, converted and checked as dense LLaDA (create_backbone and load_llada_checkpoint
+    pick the MoE network by the settings class and the folder's fields)."""
+
+    settings = MoEBackboneConfig
 
 
 @FAMILIES.register("dsm")

@@ -61,7 +61,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class LLaDABlock(nn.Module):
-    """Pre-norm transformer block with full (bidirectional) attention and a SwiGLU MLP."""
+    """Pre-norm transformer block with full (bidirectional) attention and a SwiGLU MLP.
+
+    Other families change one piece by overriding it: `build_mlp` / `mlp` (the feed-forward part, e.g.
+    LLaDA-MoE's routed experts) and `normalise_qk` (per-head query / key norms before rotary).
+    """
 
     def __init__(self, config: BackboneConfig):
         super().__init__()
@@ -73,9 +77,17 @@ class LLaDABlock(nn.Module):
         self.v_proj = nn.Linear(d, kv, bias=False)
         self.attn_out = nn.Linear(d, d, bias=False)
         self.ff_norm = RMSNorm(d, config.rms_norm_eps)
+        self.build_mlp(config)
+
+    def build_mlp(self, config: BackboneConfig) -> None:
+        d = config.d_model
         self.ff_proj = nn.Linear(d, config.mlp_hidden, bias=False)  # SiLU-gated branch
         self.up_proj = nn.Linear(d, config.mlp_hidden, bias=False)  # multiplier branch
         self.ff_out = nn.Linear(config.mlp_hidden, d, bias=False)  # down projection
+
+    def normalise_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, n, hd) queries and keys before rotary: unchanged in dense LLaDA."""
+        return q, k
 
     def attention(
         self,
@@ -95,6 +107,7 @@ class LLaDABlock(nn.Module):
         q = self.q_proj(h).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, n, hd)
         k = self.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, n, hd)
         v = self.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.normalise_qk(q, k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv is not None:
             cache, layer, start = kv

@@ -62,13 +62,20 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class LLaDABackbone(nn.Module):
-    """LLaDA transformer: embedding, N bidirectional blocks, final RMSNorm, untied output head."""
+    """LLaDA transformer: embedding, N bidirectional blocks, final RMSNorm, untied output head.
+
+    A family that changes the block sets `block_class` (and names its residual output projections in
+    `residual_outputs`, initialised at 1/sqrt(2 n_layers) of the std).
+    """
+
+    block_class: type[nn.Module] = LLaDABlock
+    residual_outputs: tuple[str, ...] = ("attn_out.weight", "ff_out.weight")
 
     def __init__(self, config: BackboneConfig):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(LLaDABlock(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(self.block_class(config) for _ in range(config.n_layers))
         self.ln_f = RMSNorm(config.d_model, config.rms_norm_eps)
         self.ff_out = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
@@ -80,7 +87,7 @@ class LLaDABackbone(nn.Module):
         for name, param in self.named_parameters():
             if param.dim() < 2:
                 nn.init.ones_(param)
-            elif name.endswith(("attn_out.weight", "ff_out.weight")) and name.startswith("blocks."):
+            elif name.endswith(self.residual_outputs) and name.startswith("blocks."):
                 nn.init.normal_(param, 0.0, out_std)
             else:
                 nn.init.normal_(param, 0.0, std)
@@ -175,7 +182,12 @@ def create_backbone(
         from dataclasses import replace
 
         config = replace(BACKBONE_PRESETS.get(config), **overrides)
+    network = NETWORKS.get(type(config), LLaDABackbone)
     if device is None:
-        return LLaDABackbone(config)
+        return network(config)
     with torch.device(device):
-        return LLaDABackbone(config)
+        return network(config)
+
+
+# The network of each settings class that is not plain BackboneConfig (families register theirs: moe.py).
+NETWORKS: dict[type, type[LLaDABackbone]] = {}

@@ -124,4 +124,6 @@ def diffusion_loss(
         ctc = ctc_auxiliary(out.extras, x0, maskable, eos_id, pad_id)
         if ctc is not None:
             result = replace(result, loss=result.loss + config.ctc_weight * ctc, ctc=float(ctc.detach()))
+    if out.aux_loss is not None:  # the backbone's own term (LLaDA-MoE's router losses), already weighted
+        result = replace(result, loss=result.loss + out.aux_loss, aux=float(out.aux_loss.detach()))
     return result

@@ -71,7 +71,7 @@ def forward_flops(config: BackboneConfig, lengths: Sequence[int], head_rows: int
     if head_rows < 0:
         raise ValueError(f"head_rows must be >= 0, got {head_rows}")
     d, kv = config.d_model, config.kv_heads * config.head_dim
-    per_token = 2 * (2 * d * d + 2 * d * kv + 3 * d * config.mlp_hidden)  # q, out, k, v, SwiGLU
+    per_token = 2 * (2 * d * d + 2 * d * kv) + config.mlp_flops_per_token()  # q, out, k, v; MLP or experts
     attention = 4 * d * sum(n * n for n in lengths)  # Q K^T and P V: 2 n^2 (n_heads * head_dim) FLOPs each
     return config.n_layers * (tokens * per_token + attention) + head_rows * 2 * d * config.vocab_size
 

@@ -128,6 +128,8 @@ class DiffusionModule(L.LightningModule):
             self.log("masked_acc", out.accuracy, batch_size=size)
         if out.ctc is not None:
             self.log("ctc", out.ctc, prog_bar=True, batch_size=size)
+        if out.aux is not None:
+            self.log("router_loss", out.aux, batch_size=size)
         return out.loss
 
     def _nonfinite(self, loss: float) -> torch.Tensor:

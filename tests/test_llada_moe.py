@@ -245,3 +245,27 @@ def test_a_run_trains_saves_and_decodes_with_the_moe_preset(tmp_path, capsys):
     assert "exact_match" in capsys.readouterr().out
     metrics = (tmp_path / "digits_reverse" / "metrics.jsonl").read_text()
     assert "router_loss" in metrics
+
+
+def test_temperature_zero_decoding_equals_the_release_generate_loop(tmp_path):
+    from tests.reference_llada import reference_generate
+
+    state, cfg = released_folder(tmp_path)
+    model, _ = load_llada_checkpoint(tmp_path)
+    prompt = torch.tensor([[17, 22, 9, 7, 30, 31]])
+    ref, _ = reference_generate(lambda x: release_forward(state, cfg, x), prompt, 8, 16, 8, 39)
+    cfg0 = dict(steps=8, gen_length=16, block_length=8)
+    out = generate(model, prompt, sampler(**cfg0), SpecialIds(mask_id=39, eos_id=38))
+    assert out.sequences.tolist() == ref.tolist()
+
+
+def test_sample_from_a_released_moe_folder(tmp_path, capsys):
+    from tests.test_chat import llada_tokenizer_folder
+
+    torch.manual_seed(0)
+    folder = tmp_path / "LLaDA-MoE-tiny"
+    save_llada_moe_checkpoint(tiny_moe(0), folder, SpecialTokens(1, 2, 2))
+    llada_tokenizer_folder(folder)
+    overrides = ["--set", "sampler.steps=8", "--set", "sampler.gen_length=16", "--set", "sampler.block_length=8"]
+    assert main(["sample", "--llada", str(folder), "--raw", "--prompt", "hello world", *overrides]) == 0
+    assert capsys.readouterr().out.startswith("hello world -> ")

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from multimodal.diffusion.block_diffusion import bd3_attention, block_ids, block_times
 from multimodal.diffusion.corruption import bert_corruption, mask_tokens, random_truncation_length
 from multimodal.diffusion.ctc import ctc_auxiliary
 from multimodal.diffusion.loss import masked_diffusion_loss
@@ -45,6 +46,9 @@ class DiffusionConfig:
             0 and 0 (default) mask every selected position, as masked diffusion does.
         ctc_weight: weight of an auxiliary CTC loss on modality towers that have a CTC head (speech
             encoders trained from scratch; 0 disables it).
+        block_size: train block diffusion (BD3-LM) with blocks of this many answer tokens, one t per
+            block, over ``[x_t ; x_0]`` (block_diffusion.py); decode it with ``sampler.attention:
+            block_causal`` and ``sampler.block_length`` equal to it. None: one t per row (LLaDA).
     """
 
     schedule: str = "llada_linear"
@@ -60,8 +64,11 @@ class DiffusionConfig:
     random_token_prob: float = 0.0
     keep_prob: float = 0.0
     ctc_weight: float = 0.0
+    block_size: int | None = None
 
     def __post_init__(self):
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"block_size must be a positive number of tokens, got {self.block_size}")
         shares = {"random_token_prob": self.random_token_prob, "keep_prob": self.keep_prob}
         for name, value in shares.items():
             if not 0.0 <= value <= 1.0:
@@ -94,7 +101,13 @@ def diffusion_loss(
             attn = attn[:, :length] if attn.dim() == 2 else attn[..., :length, :length]
         pos = None if pos is None else pos[:, :length]
         docs = None if docs is None else docs[:, :length]
-    if docs is None:
+    blocks = None
+    if config.block_size:
+        if docs is not None:
+            raise ValueError("block diffusion (diffusion.block_size) does not take packed rows (train.pack_length)")
+        blocks = block_ids(maskable, config.block_size)
+        t = block_times(blocks, schedule, config.antithetic, generator)
+    elif docs is None:
         t = schedule.sample_t(x0.shape[0], antithetic=config.antithetic, generator=generator, device=x0.device)
     else:  # one t per document: (D,) drawn, then spread over its positions (B, L); padding takes document 0's
         num_docs = max(int(docs.max()) + 1, 1)
@@ -104,7 +117,10 @@ def diffusion_loss(
     xt = bert_corruption(xt, x0, masked, maskable, config.random_token_prob, config.keep_prob, generator)
     # multimodal: the model encodes the items and splices them at the placeholders
     media = MediaItems(batch.modality_inputs, batch.modality_masks) if batch.modality_inputs else None
-    out = model(xt, attention_mask=attn, position_ids=pos, return_logits=False, media=media)
+    if blocks is None:
+        out = model(xt, attention_mask=attn, position_ids=pos, return_logits=False, media=media)
+    else:
+        out = _block_forward(model, xt, x0, blocks, attn, pos, media)
     weight = schedule.loss_weight(t) if config.weighting == "schedule" else torch.ones_like(t)
     head = getattr(model, "head_weight", None)  # a plain linear head takes the fused path
     result = masked_diffusion_loss(
@@ -127,3 +143,18 @@ def diffusion_loss(
     if out.aux_loss is not None:  # the backbone's own term (LLaDA-MoE's router losses), already weighted
         result = replace(result, loss=result.loss + out.aux_loss, aux=float(out.aux_loss.detach()))
     return result
+
+
+def _block_forward(model: Any, xt, x0, blocks, attn, pos, media) -> Any:
+    """BD3-LM's one forward over ``[x_t ; x_0]`` (block_diffusion.py); the x_t half's hidden states back."""
+    if media is not None:
+        raise ValueError("block diffusion (diffusion.block_size) trains on text rows; these rows carry media")
+    if attn is not None and attn.dim() != 2:
+        raise ValueError("block diffusion builds its own attention mask: pass a (B, L) padding mask or none")
+    n = xt.shape[1]
+    if pos is None:
+        pos = torch.arange(n, device=xt.device).expand(xt.shape[0], n)
+    both = torch.cat((xt, x0), dim=1)
+    out = model(both, attention_mask=bd3_attention(blocks, attn), position_ids=torch.cat((pos, pos), dim=1),
+                return_logits=False)  # fmt: skip
+    return replace(out, hidden_states=out.hidden_states[:, :n])

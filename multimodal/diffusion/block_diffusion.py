@@ -32,7 +32,8 @@ def block_ids(maskable: torch.Tensor, block_size: int) -> torch.Tensor:
     b, n = maskable.shape
     pos = torch.arange(n, device=maskable.device).expand(b, n)
     has = maskable.any(1, keepdim=True)
-    start = torch.where(has, maskable.long().argmax(1, keepdim=True), torch.full_like(pos[:, :1], n))  # none: all prompt
+    # the first maskable position; a row with none is all prompt
+    start = torch.where(has, maskable.long().argmax(1, keepdim=True), torch.full_like(pos[:, :1], n))
     offset = (start > 0).long()  # a prompt takes block 0; without one the answer's first block is 0
     return torch.where(pos < start, torch.zeros_like(pos), (pos - start) // block_size + offset)
 

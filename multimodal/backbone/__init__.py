@@ -1,16 +1,19 @@
-"""The LLaDA-architecture masked-diffusion backbones (dense and MoE): presets, layers, transformer,
+"""The LLaDA-architecture masked-diffusion backbones (dense, MoE, Dream): presets, layers, transformer,
 checkpoint import."""
 
 from __future__ import annotations
 
 from multimodal.backbone.cache import KVCache
 from multimodal.backbone.config import BACKBONE_PRESETS, BackboneConfig, backbone_preset, list_backbones
+from multimodal.backbone.dream import DreamBackbone, DreamConfig
 from multimodal.backbone.moe import LLaDAMoEBackbone, MoEBackboneConfig
 from multimodal.backbone.transformer import LLaDABackbone, create_backbone
 
 __all__ = [
     "BACKBONE_PRESETS",
     "BackboneConfig",
+    "DreamBackbone",
+    "DreamConfig",
     "KVCache",
     "LLaDABackbone",
     "LLaDAMoEBackbone",

@@ -24,10 +24,13 @@ class KVCache:
 
     Attributes:
         keys, values: one (B, H_kv, L, head_dim) tensor per layer once filled; empty before.
+        outputs: (B, L, D) final hidden states of every position as last computed, for a family whose
+            output at i reads position i-1's (Dream, backbone/dream.py); None for the others.
     """
 
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
+    outputs: torch.Tensor | None = None
 
     @property
     def filled(self) -> bool:
@@ -40,6 +43,7 @@ class KVCache:
     def clear(self) -> None:
         self.keys.clear()
         self.values.clear()
+        self.outputs = None
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor
@@ -73,3 +77,5 @@ class KVCache:
         """Keep only the given batch rows (when finished sequences leave a batch)."""
         self.keys = [k[rows] for k in self.keys]
         self.values = [v[rows] for v in self.values]
+        if self.outputs is not None:
+            self.outputs = self.outputs[rows]

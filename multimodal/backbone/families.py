@@ -13,6 +13,9 @@ key table, network) plus its class here: no `if` on a family in the application 
 * ``llada_moe``: LLaDA-MoE, the same blocks with routed SwiGLU experts and query / key norms
   (`backbone:` with a MoEBackboneConfig preset, ``llada_tiny_moe``, ``llada_moe_7b``; backbone/moe.py);
   a released LLaDA-MoE folder in `init_from` is converted (backbone/convert_moe.py).
+* ``dream``: Dream, Qwen2's layout made bidirectional with its one-position logit shift inside the
+  backbone (`backbone:` with a DreamConfig preset, ``dream_tiny``, ``dream_7b``; backbone/dream.py); a
+  released Dream folder in `init_from` is converted (backbone/convert_dream.py).
 * ``dsm``: ESM2 with DSM's capped LM head (`dsm:`, backbone/esm.py); the protein is the vocabulary,
   no adapters, no packing.
 """
@@ -26,6 +29,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from multimodal.backbone.config import BackboneConfig
+from multimodal.backbone.dream import DreamConfig
 from multimodal.backbone.esm import DSMModelConfig
 from multimodal.backbone.moe import MoEBackboneConfig
 from multimodal.registry import new_registry
@@ -105,6 +109,14 @@ class LLaDAMoEFamily(LLaDAFamily):
     pick the MoE network by the settings class and the folder's fields)."""
 
     settings = MoEBackboneConfig
+
+
+@FAMILIES.register("dream")
+class DreamFamily(LLaDAFamily):
+    """Dream: built, converted and checked as dense LLaDA (the network is picked by the settings class, a
+    released folder by its model_type)."""
+
+    settings = DreamConfig
 
 
 @FAMILIES.register("dsm")

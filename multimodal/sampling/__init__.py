@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from multimodal.sampling import (  # noqa: F401  (fill the registry)
     dilated,
+    dream,
     dsm,
     entropy_bounded,
     factor,

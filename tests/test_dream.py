@@ -249,3 +249,39 @@ def test_a_dream_run_trains_and_decodes(tmp_path, capsys):
     run = load_run(tmp_path / "digits_reverse")
     assert type(run.model) is DreamBackbone and run.config.sampler.alg == "entropy"
     assert "exact_match" in capsys.readouterr().out
+
+
+def test_cart_weights_by_hand():
+    from multimodal.diffusion.cart import cart_weights
+
+    masked = torch.tensor([[False, True, True, False, True]])
+    real = torch.tensor([[1, 1, 1, 1, 0]])  # the last position is padding: no context
+    w = cart_weights(masked, real, p=0.5)
+
+    def kernel(d):
+        return 0.5 * 0.5 ** (d - 1)
+
+    clean = [0, 3]
+    for n in (1, 2, 4):
+        want = 0.5 * sum(kernel(abs(n - i)) for i in clean)
+        assert w[0, n].item() == pytest.approx(want)
+    assert w[0, 1] > w[0, 2] or w[0, 1] == w[0, 2]  # both touch one clean neighbour at distance 1
+    with pytest.raises(ValueError, match="CART rate"):
+        cart_weights(masked, None, p=0.0)
+
+
+def test_cart_replaces_the_time_weight_in_the_loss():
+    from multimodal.diffusion.objective import DiffusionConfig, diffusion_loss
+    from multimodal.types import MultimodalBatch
+
+    torch.manual_seed(0)
+    model = create_backbone(backbone_preset("dream_tiny", vocab_size=32, max_seq_len=64))
+    ids = torch.randint(4, 32, (4, 16))
+    batch = MultimodalBatch(input_ids=ids, maskable=torch.ones_like(ids, dtype=torch.bool))
+    losses = {}
+    for weighting in ("schedule", "cart"):
+        cfg = DiffusionConfig(weighting=weighting, normalisation="sequence")
+        losses[weighting] = diffusion_loss(model, batch, cfg, cfg.build_schedule(), 1, torch.Generator().manual_seed(3))
+    same = losses["cart"]
+    assert same.num_masked == losses["schedule"].num_masked  # the same masks, other weights
+    assert same.loss.item() != pytest.approx(losses["schedule"].loss.item())

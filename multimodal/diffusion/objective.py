@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from multimodal.diffusion.block_diffusion import bd3_attention, block_ids, block_times
+from multimodal.diffusion.cart import cart_weights
 from multimodal.diffusion.corruption import bert_corruption, mask_tokens, random_truncation_length
 from multimodal.diffusion.ctc import ctc_auxiliary
 from multimodal.diffusion.loss import masked_diffusion_loss
@@ -37,7 +38,8 @@ class DiffusionConfig:
         antithetic: stratify t across the batch (t_i = (u + i/B) mod 1).
         truncate_prob: probability of cropping a batch to a random length in [1, L] (LLaDA
             pre-training uses 0.01; keep 0 for SFT).
-        weighting: ``schedule`` divides each masked CE by p (the schedule weight); ``none`` is plain CE.
+        weighting: ``schedule`` divides each masked CE by p (the schedule weight); ``none`` is plain CE;
+            ``cart`` is Dream's context-adaptive token weight (cart.py, rate `cart_p`).
         normalisation: ``sequence`` (pre-training), ``answer`` (SFT), ``tokens`` (DIFFA), ``masked``.
         chunk_size: rows per chunk of the output head in the loss.
         mask_rate: the fixed rate of the ``constant`` schedule (masked-LM baseline).
@@ -57,7 +59,8 @@ class DiffusionConfig:
     clip_high: float | None = None
     antithetic: bool = True
     truncate_prob: float = 0.0
-    weighting: Literal["schedule", "none"] = "schedule"
+    weighting: Literal["schedule", "none", "cart"] = "schedule"
+    cart_p: float = 0.3
     normalisation: Literal["sequence", "answer", "tokens", "masked"] = "answer"
     chunk_size: int = 512
     mask_rate: float = 0.15
@@ -121,7 +124,10 @@ def diffusion_loss(
         out = model(xt, attention_mask=attn, position_ids=pos, return_logits=False, media=media)
     else:
         out = _block_forward(model, xt, x0, blocks, attn, pos, media)
-    weight = schedule.loss_weight(t) if config.weighting == "schedule" else torch.ones_like(t)
+    if config.weighting == "cart":
+        weight = cart_weights(masked, attn if attn is not None and attn.dim() == 2 else None, config.cart_p)
+    else:
+        weight = schedule.loss_weight(t) if config.weighting == "schedule" else torch.ones_like(t)
     head = getattr(model, "head_weight", None)  # a plain linear head takes the fused path
     result = masked_diffusion_loss(
         out.hidden_states,

@@ -44,6 +44,7 @@ POLICIES = {
     "factor 1.0": ("factor", {"factor": 1.0}),
     "entropy 0.3": ("entropy_bounded", {"gamma": 0.3}),
     "dilated": ("dilated", {}),
+    "dream entropy": ("dream", {"alg": "entropy"}),  # Dream's diffusion_generate schedule and score
 }
 
 

@@ -22,3 +22,9 @@ python3 benchmarks/decode.py --preset llada_1b --dtype bfloat16 --prompt 128 --g
 # batch 4 and 8, eager and with regional torch.compile (target: >= 45% MFU, batch 8 inside 80 GB).
 python3 benchmarks/train_mfu.py --preset llada_1b --seq 2048 --batches 4,8 --steps 10 --warmup 3 \
   --settings eager,compile
+# Issue 30, the other families: LLaDA-MoE-7B-A1B's shape (random weights, grouped experts) next to the
+# dense rows above, and block-diffusion decoding of llada_1b with the exact block cache.
+python3 benchmarks/decode.py --preset llada_moe_7b --dtype bfloat16 --prompt 128 --gen 256 --blocks 32 \
+  --caches none,dual --repeats 1
+python3 benchmarks/decode.py --preset llada_1b --dtype bfloat16 --prompt 128 --gen 256 --blocks 32 \
+  --caches none,block --repeats 1

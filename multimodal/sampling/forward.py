@@ -98,6 +98,8 @@ class CanvasForward:
                 mask = mask.contiguous()
         self.mask = torch.cat([mask] * 2) if self.guided and mask is not None else mask
         self.call = ModelCall(model, config.compile, config.cache)
+        # a media placeholder is never proposed: the next forward would read it as a media slot
+        self.never = sorted(set(getattr(model, "placeholder_ids", {}).values()))
         self.policy = create_cache_policy(config)
         self.cache: KVCache | None = None
         self.nfe = 0
@@ -164,4 +166,6 @@ class CanvasForward:
         if self.guided:
             cond, uncond = logits.chunk(2)
             logits = uncond + (self.config.cfg_scale + 1.0) * (cond - uncond)
+        if self.never:  # after guidance: -inf - -inf would be NaN
+            logits[..., self.never] = -torch.inf
         return logits

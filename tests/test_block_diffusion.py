@@ -98,3 +98,58 @@ def test_a_block_diffusion_run_trains_and_decodes_with_the_exact_block_cache(tmp
     run = load_run(tmp_path / "digits_reverse_block")
     assert run.config.diffusion.block_size == 4 and run.config.sampler.cache == "block"
     assert "exact_match" in capsys.readouterr().out
+
+
+def test_complementary_masking_masks_each_answer_token_once_per_pair():
+    torch.manual_seed(0)
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        """Records the corrupted rows it is given; a linear head over embeddings."""
+
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(32, 8)
+            self.head_weight = torch.nn.Parameter(torch.randn(32, 8))
+
+        def forward(self, xt, **kw):
+            from multimodal.types import BackboneOutput
+
+            seen["xt"] = xt.clone()
+            return BackboneOutput(logits=None, hidden_states=self.emb(xt))
+
+        def head(self, h):
+            return h @ self.head_weight.T
+
+    ids = torch.randint(4, 32, (3, 10))
+    maskable = torch.zeros(3, 10, dtype=torch.bool)
+    maskable[:, 4:] = True
+    batch = MultimodalBatch(input_ids=ids, maskable=maskable, attention_mask=torch.ones_like(ids))
+    cfg = DiffusionConfig(complementary=True)
+    out = diffusion_loss(Recorder(), batch, cfg, cfg.build_schedule(), MASK, torch.Generator().manual_seed(1))
+    first, second = seen["xt"][:3] == MASK, seen["xt"][3:] == MASK
+    assert torch.equal(first ^ second, maskable) and not (first & second).any()  # each token once per pair
+    assert out.num_masked == int(maskable.sum())
+
+
+def test_the_block_size_schedule():
+    from multimodal.diffusion.objective import block_size_at
+
+    schedule = [[0, 0], [100, 8], [250, 4]]  # full masked diffusion, then blocks of 8, then 4
+    assert [block_size_at(schedule, s) for s in (0, 99, 100, 249, 250, 10_000)] == [None, None, 8, 8, 4, 4]
+    with pytest.raises(ValueError, match="block_schedule"):
+        DiffusionConfig(block_schedule=[[10]])
+
+
+def test_the_llada2_conversion_config_runs_from_a_masked_diffusion_run(tmp_path, capsys):
+    common = ["backbone.vocab_size=16", f"train.output_dir={tmp_path}", "train.batch_size=4", "train.threads=1",
+              "task.train_size=40", "task.test_size=4", "task.validation_size=4"]  # fmt: skip
+    assert (
+        main(["train", "-c", "digits_reverse", *[a for s in [*common, "train.max_steps=2"] for a in ("--set", s)]]) == 0
+    )
+    sets = [*common, "train.max_steps=3", f"init_from={tmp_path / 'digits_reverse'}",
+            "diffusion.block_schedule=[[0, 0], [1, 8], [2, 4]]"]  # fmt: skip
+    assert main(["train", "-c", "digits_reverse_llada2", *[a for s in sets for a in ("--set", s)]]) == 0
+    run = load_run(tmp_path / "digits_reverse_llada2")
+    assert run.config.diffusion.complementary and run.config.diffusion.block_schedule[-1] == [2, 4]
+    assert "exact_match" in capsys.readouterr().out

@@ -13,7 +13,7 @@ mask rates and weights, exactly as if each were a row of its own; loss.py normal
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -51,6 +51,11 @@ class DiffusionConfig:
         block_size: train block diffusion (BD3-LM) with blocks of this many answer tokens, one t per
             block, over ``[x_t ; x_0]`` (block_diffusion.py); decode it with ``sampler.attention:
             block_causal`` and ``sampler.block_length`` equal to it. None: one t per row (LLaDA).
+        block_schedule: LLaDA2's block-size warm-up / decay as ``[[from_step, size], ...]`` (size 0: no
+            blocks); when set it decides `block_size` at each step (train/module.py).
+        complementary: LLaDA2's complementary masking: every row also trains with the maskable tokens
+            its mask left clean masked (and those it masked clean), so each answer token is masked once
+            per pair; the second copy's weight is 1 / (1 - p(t)).
     """
 
     schedule: str = "llada_linear"
@@ -68,8 +73,13 @@ class DiffusionConfig:
     keep_prob: float = 0.0
     ctc_weight: float = 0.0
     block_size: int | None = None
+    block_schedule: list[list[int]] = field(default_factory=list)
+    complementary: bool = False
 
     def __post_init__(self):
+        for entry in self.block_schedule:
+            if len(entry) != 2 or entry[0] < 0 or entry[1] < 0:
+                raise ValueError(f"block_schedule entries are [from_step, size] with both >= 0, got {entry}")
         if self.block_size is not None and self.block_size < 1:
             raise ValueError(f"block_size must be a positive number of tokens, got {self.block_size}")
         shares = {"random_token_prob": self.random_token_prob, "keep_prob": self.keep_prob}
@@ -116,18 +126,31 @@ def diffusion_loss(
         num_docs = max(int(docs.max()) + 1, 1)
         t_doc = schedule.sample_t(num_docs, antithetic=config.antithetic, generator=generator, device=x0.device)
         t = t_doc[docs.clamp_min(0)]
-    xt, masked = mask_tokens(x0, schedule.mask_prob(t), maskable, mask_id, generator)
+    p_mask = schedule.mask_prob(t)
+    xt, masked = mask_tokens(x0, p_mask, maskable, mask_id, generator)
     xt = bert_corruption(xt, x0, masked, maskable, config.random_token_prob, config.keep_prob, generator)
     # multimodal: the model encodes the items and splices them at the placeholders
     media = MediaItems(batch.modality_inputs, batch.modality_masks) if batch.modality_inputs else None
+    weight = _token_weight(config, schedule, t, masked, attn)
+    if config.complementary:  # LLaDA2's SFT: each row again with the other maskable tokens masked
+        if docs is not None or config.random_token_prob or config.keep_prob:
+            raise ValueError("diffusion.complementary takes unpacked rows and plain masking")
+        flipped = maskable & ~masked
+        other = 1.0 / (1.0 - p_mask).clamp_min(1e-6) if config.weighting == "schedule" else None
+        other = _token_weight(config, schedule, t, flipped, attn) if other is None else other
+        b, n = x0.shape
+        xt = torch.cat((xt, torch.where(flipped, torch.full_like(x0, mask_id), x0)))
+        weight = torch.cat((weight if weight.dim() == 2 else weight[:, None].expand(b, n),
+                            other if other.dim() == 2 else other[:, None].expand(b, n)))  # fmt: skip
+        x0, maskable, masked = torch.cat((x0, x0)), torch.cat((maskable, maskable)), torch.cat((masked, flipped))
+        attn, pos = (None if v is None else torch.cat((v, v)) for v in (attn, pos))
+        blocks = None if blocks is None else torch.cat((blocks, blocks))
+        if media is not None:
+            media = MediaItems(*({k: torch.cat((v, v)) for k, v in d.items()} for d in (media.inputs, media.masks)))
     if blocks is None:
         out = model(xt, attention_mask=attn, position_ids=pos, return_logits=False, media=media)
     else:
         out = _block_forward(model, xt, x0, blocks, attn, pos, media)
-    if config.weighting == "cart":
-        weight = cart_weights(masked, attn if attn is not None and attn.dim() == 2 else None, config.cart_p)
-    else:
-        weight = schedule.loss_weight(t) if config.weighting == "schedule" else torch.ones_like(t)
     head = getattr(model, "head_weight", None)  # a plain linear head takes the fused path
     result = masked_diffusion_loss(
         out.hidden_states,
@@ -164,3 +187,20 @@ def _block_forward(model: Any, xt, x0, blocks, attn, pos, media) -> Any:
     out = model(both, attention_mask=bd3_attention(blocks, attn), position_ids=torch.cat((pos, pos), dim=1),
                 return_logits=False)  # fmt: skip
     return replace(out, hidden_states=out.hidden_states[:, :n])
+
+
+def _token_weight(config: DiffusionConfig, schedule: MaskSchedule, t, masked, attn) -> torch.Tensor:
+    """(B,) or (B, L) weight of the masked tokens: 1/p(t), ones, or CART's."""
+    if config.weighting == "cart":
+        return cart_weights(masked, attn if attn is not None and attn.dim() == 2 else None, config.cart_p)
+    return schedule.loss_weight(t) if config.weighting == "schedule" else torch.ones_like(t)
+
+
+def block_size_at(schedule: list[list[int]], step: int) -> int | None:
+    """The block size of a LLaDA2-style schedule at optimiser step `step`: the size of the last
+    ``[from_step, size]`` entry that has begun (0: no blocks, plain masked diffusion)."""
+    size = 0
+    for start, value in schedule:
+        if step >= start:
+            size = value
+    return size or None

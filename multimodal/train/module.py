@@ -12,13 +12,14 @@ stream (samples consumed, sampler.py), the RNG states and the count of skipped b
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch import nn
 
-from multimodal.diffusion.objective import DiffusionConfig, diffusion_loss
+from multimodal.diffusion.objective import DiffusionConfig, block_size_at, diffusion_loss
 from multimodal.train.build import part_of
 from multimodal.train.config import TrainConfig
 from multimodal.train.optim import build_optimizer, matrix_names
@@ -106,10 +107,13 @@ class DiffusionModule(L.LightningModule):
         return g
 
     def training_step(self, batch: MultimodalBatch, batch_idx: int) -> torch.Tensor:
+        diffusion = self.diffusion
+        if diffusion.block_schedule:  # LLaDA2's block-size warm-up / decay
+            diffusion = replace(diffusion, block_size=block_size_at(diffusion.block_schedule, self.global_step))
         out = diffusion_loss(
             self.model,
             batch,
-            self.diffusion,
+            diffusion,
             self.schedule,
             self.mask_id,
             self._generator(),

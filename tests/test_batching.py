@@ -17,10 +17,12 @@ V = 256
 SPECIAL = SpecialIds(mask_id=V - 1, eos_id=V - 2)
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["llada_tiny", "llada_tiny_moe", "dream_tiny"])
+def model(request):
+    """Each family's tiny preset: continuous batching takes every family unchanged (Dream's shifted
+    outputs through every cache)."""
     torch.manual_seed(0)
-    return create_backbone(backbone_preset("llada_tiny", max_seq_len=128, init_std=0.2)).eval()
+    return create_backbone(backbone_preset(request.param, max_seq_len=128, init_std=0.2)).eval()
 
 
 def config(name="low_confidence", **fields):

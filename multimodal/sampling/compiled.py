@@ -133,7 +133,8 @@ class ModelCall:
         """The eager forward over the whole canvas that fills the empty `cache` (allocates its buffers)."""
         hidden = _hidden_states(self.model, input_ids, attention_mask, position_ids, cache, 0, media)
         if self.graphs:
-            for t in (*cache.keys, *cache.values):
+            outputs = [] if cache.outputs is None else [cache.outputs]  # Dream's shifted-output store
+            for t in (*cache.keys, *cache.values, *outputs):
                 torch._dynamo.mark_static_address(t, guard=False)  # updated in place at a fixed address
             try:
                 _STATIC_CACHES[self.model] = cache

@@ -64,6 +64,11 @@ class BackboneConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def rotary_dim(self) -> int:
+        """Leading dimensions of each head that rotary rotates (all of them here; LLaDA2: a fraction)."""
+        return self.head_dim
+
     def mlp_flops_per_token(self) -> int:
         """Matrix-product FLOPs of one token through one block's feed-forward part (SwiGLU: 3 matrices)."""
         return 2 * 3 * self.d_model * self.mlp_hidden

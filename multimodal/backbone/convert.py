@@ -18,6 +18,7 @@ import torch
 
 from multimodal.backbone.config import BackboneConfig
 from multimodal.backbone.convert_dream import is_dream, load_dream_checkpoint
+from multimodal.backbone.convert_llada2 import is_llada2, load_llada2_checkpoint
 from multimodal.backbone.convert_moe import is_llada_moe, load_llada_moe_checkpoint
 from multimodal.backbone.released import CheckpointError, SpecialTokens, read_tensors, shard_files, write_folder
 from multimodal.backbone.transformer import LLaDABackbone
@@ -118,7 +119,8 @@ def load_llada_checkpoint(
     folder: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
 ) -> tuple[LLaDABackbone, SpecialTokens]:
     """Load a released LLaDA folder into a new `LLaDABackbone` (a LLaDA-MoE folder: `LLaDAMoEBackbone`,
-    convert_moe.py; a Dream folder: `DreamBackbone`, convert_dream.py).
+    convert_moe.py; a Dream folder: `DreamBackbone`, convert_dream.py; a LLaDA2 folder: `LLaDA2Backbone`,
+    convert_llada2.py).
 
     The model is built on the meta device and the checkpoint tensors are assigned to it, so an 8B
     model costs one copy of its weights in memory.
@@ -138,6 +140,8 @@ def load_llada_checkpoint(
         return load_llada_moe_checkpoint(folder, dtype, device)
     if is_dream(folder):
         return load_dream_checkpoint(folder, dtype, device)
+    if is_llada2(folder):
+        return load_llada2_checkpoint(folder, dtype, device)
     config, special = config_from_llada_json(folder)
     with torch.device("meta"):
         model = LLaDABackbone(config)

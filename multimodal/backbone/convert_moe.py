@@ -70,7 +70,8 @@ def is_llada_moe(folder: Path) -> bool:
     if not file.is_file():
         return False
     cfg = json.loads(file.read_text())
-    return cfg.get("num_experts") is not None or cfg.get("expert_intermediate_size") is not None
+    moe = cfg.get("num_experts") is not None or cfg.get("expert_intermediate_size") is not None
+    return moe and cfg.get("model_type", "llada") == "llada"
 
 
 def config_from_moe_json(folder: Path) -> tuple[MoEBackboneConfig, SpecialTokens]:

@@ -16,6 +16,10 @@ key table, network) plus its class here: no `if` on a family in the application 
 * ``dream``: Dream, Qwen2's layout made bidirectional with its one-position logit shift inside the
   backbone (`backbone:` with a DreamConfig preset, ``dream_tiny``, ``dream_7b``; backbone/dream.py); a
   released Dream folder in `init_from` is converted (backbone/convert_dream.py).
+* ``llada2``: LLaDA2, the block-diffusion MoE (dense first layers, sigmoid group-limited routing with
+  shared experts, fused q / k / v, partial rotary; `backbone:` with an LLaDA2Config preset,
+  ``llada2_tiny``; backbone/llada2.py); a released folder in `init_from` is converted
+  (backbone/convert_llada2.py). Train it as block diffusion (`diffusion.block_size`).
 * ``dsm``: ESM2 with DSM's capped LM head (`dsm:`, backbone/esm.py); the protein is the vocabulary,
   no adapters, no packing.
 """
@@ -31,6 +35,7 @@ from torch import nn
 from multimodal.backbone.config import BackboneConfig
 from multimodal.backbone.dream import DreamConfig
 from multimodal.backbone.esm import DSMModelConfig
+from multimodal.backbone.llada2 import LLaDA2Config
 from multimodal.backbone.moe import MoEBackboneConfig
 from multimodal.registry import new_registry
 
@@ -117,6 +122,13 @@ class DreamFamily(LLaDAFamily):
     released folder by its model_type)."""
 
     settings = DreamConfig
+
+
+@FAMILIES.register("llada2")
+class LLaDA2Family(LLaDAFamily):
+    """LLaDA2: built, converted and checked as dense LLaDA (network by settings class, folder by model_type)."""
+
+    settings = LLaDA2Config
 
 
 @FAMILIES.register("dsm")

@@ -53,7 +53,11 @@ def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> t
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, L, hd) queries or keys in float32, halves paired as (x1, x2) -> (-x2, x1)."""
+    """Rotate (B, H, L, hd) queries or keys in float32, halves paired as (x1, x2) -> (-x2, x1); tables
+    narrower than hd rotate the leading dimensions only (partial rotary) and pass the rest."""
+    if cos.shape[-1] < x.shape[-1]:
+        d = cos.shape[-1]
+        return torch.cat((apply_rotary(x[..., :d], cos, sin), x[..., d:]), dim=-1)
     x32 = x.float()
     x1, x2 = x32.chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)

@@ -131,8 +131,9 @@ class SparseMoE(nn.Module):
                 h = F.silu(h @ self.gate_proj[e].t()) * (h @ self.up_proj[e].t())
                 outputs.append(h @ self.down_proj[e].t())
                 start += count
-        y = torch.cat(outputs) * weights.reshape(-1)[order, None]
-        return x.new_zeros(x.shape).index_add_(0, token, y).reshape(shape)
+        y = torch.cat(outputs).to(weights.dtype) * weights.reshape(-1)[order, None]  # summed in the weights' dtype
+        out = torch.zeros(x.shape, dtype=weights.dtype, device=x.device).index_add_(0, token, y)
+        return out.to(x.dtype).reshape(shape)
 
 
 class LLaDAMoEBlock(LLaDABlock):
@@ -190,14 +191,15 @@ class LLaDAMoEBackbone(LLaDABackbone):
     def forward(self, input_ids: torch.Tensor | None = None, **kwargs) -> BackboneOutput:
         c = self.config
         record = self.training and torch.is_grad_enabled() and (c.load_balance_weight or c.router_z_weight) > 0
-        for block in self.blocks:
-            block.moe.record = record
+        routers = [block.moe for block in self.blocks if hasattr(block, "moe")]
+        for moe in routers:
+            moe.record = record
         out = super().forward(input_ids, **kwargs)
         if not record:
             return out
-        logits = [block.moe.router_logits for block in self.blocks]
-        for block in self.blocks:
-            block.moe.record, block.moe.router_logits = False, None
+        logits = [moe.router_logits for moe in routers]
+        for moe in routers:
+            moe.record, moe.router_logits = False, None
         mask = kwargs.get("attention_mask")
         tokens = mask.reshape(-1) if mask is not None and mask.dim() == 2 else None  # padding does not count
         aux = torch.zeros((), device=logits[0].device)

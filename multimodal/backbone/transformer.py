@@ -75,10 +75,14 @@ class LLaDABackbone(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(self.block_class(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(self.make_block(config, i) for i in range(config.n_layers))
         self.ln_f = RMSNorm(config.d_model, config.rms_norm_eps)
         self.ff_out = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
+
+    def make_block(self, config: BackboneConfig, layer: int) -> nn.Module:
+        """Block `layer` (every layer alike here; LLaDA2 keeps its first layers dense)."""
+        return self.block_class(config)
 
     def reset_parameters(self) -> None:
         """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2 n_layers)."""
@@ -161,7 +165,7 @@ class LLaDABackbone(nn.Module):
             position_ids = torch.arange(cache_start, cache_start + n, device=x.device)[None].expand(b, n)
         elif position_ids.shape[-1] != n:
             raise ValueError(f"position_ids has length {position_ids.shape[-1]}, inputs have length {n}")
-        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+        cos, sin = rotary_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta)
         mask = attention_bias(attention_mask, n, total)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, None if cache is None else (cache, i, cache_start))

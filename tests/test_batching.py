@@ -17,7 +17,7 @@ V = 256
 SPECIAL = SpecialIds(mask_id=V - 1, eos_id=V - 2)
 
 
-@pytest.fixture(scope="module", params=["llada_tiny", "llada_tiny_moe", "dream_tiny"])
+@pytest.fixture(scope="module", params=["llada_tiny", "llada_tiny_moe", "dream_tiny", "llada2_tiny"])
 def model(request):
     """Each family's tiny preset: continuous batching takes every family unchanged (Dream's shifted
     outputs through every cache)."""

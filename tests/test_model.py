@@ -27,7 +27,7 @@ class Fake(nn.Module):
         return out, torch.ones(out.shape[:2], dtype=torch.bool), {}
 
 
-@pytest.fixture(params=["llada_tiny", "llada_tiny_moe", "dream_tiny"])
+@pytest.fixture(params=["llada_tiny", "llada_tiny_moe", "dream_tiny", "llada2_tiny"])
 def model(request):
     """The multimodal model on each 128-wide family preset: adapters take every family unchanged."""
     torch.manual_seed(0)

@@ -7,10 +7,12 @@ from encoders import (  # noqa: E402,F401  (register the towers)
     audio,
     audio_adapters,
     diffa,
+    imagenet_photos,
     llada_v,
     protein,
     vision,
     vision_cnn,
+    vision_efficientnet_lite,
     vision_torchvision,
     whisper_llada,
 )

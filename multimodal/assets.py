@@ -170,6 +170,10 @@ def fetch(asset: Asset, force: bool = False) -> Path:
         if asset.source == "debian" and shutil.which("apt-get") is None:
             raise AssetError(f"asset '{asset.name}' is a Debian package and this machine has no apt-get")
         done = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
+        if done.returncode != 0 and asset.source == "debian" and os.geteuid() == 0:
+            # a fresh machine may have no package lists yet: refresh them once and try again
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True)
+            done = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise AssetError(f"`{' '.join(command)}` failed for asset '{asset.name}': {tail[0]}")

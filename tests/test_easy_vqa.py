@@ -50,3 +50,20 @@ def test_records_name_the_broken_part():
     with pytest.raises(ValueError, match="not \\[question, answer, image id\\]"):
         easy_vqa_records("test", files)
     assert [question_type(a) for a in ("no", "triangle", "teal")] == ["yes/no", "shape", "colour"]
+
+
+def test_balancing_equalises_yes_and_no_within_each_wording():
+    from tasks.base import Layout
+    from tasks.easy_vqa import balance_yes_no
+
+    def lay(prompt, answer, qtype="yes/no"):
+        return Layout(prompt=f"<image>\n{prompt}", answer=answer, meta={"question_type": qtype}, media={"image": []})
+
+    layouts = [lay("what is the color of the shape?", c, "colour") for c in ("red", "blue", "green")]
+    layouts += [lay("is there a red shape?", "no"), lay("is there a blue shape?", "no"),
+                lay("is there a green shape?", "yes"), lay("is there not a circle?", "yes")]  # fmt: skip
+    out = balance_yes_no(layouts)
+    assert out[: len(layouts)] == layouts  # nothing dropped, the original order first
+    colour = Counter(x.answer for x in out if "shape?" in x.prompt and x.meta["question_type"] == "yes/no")
+    assert colour == Counter({"yes": 2, "no": 2})  # the 'green' question repeated once
+    assert sum("not a circle" in x.prompt for x in out) == 1  # one answer only: left alone

@@ -9,7 +9,9 @@ red shape?" is "no" 88 % of the time, with 8 colours; "is there not a circle?" "
 trained on them answers those wordings near their prior while it names colours and shapes almost
 perfectly (benchmarks/RESULTS.md). With the option, the minority answer of every yes/no wording (the
 question with its colour and shape words abstracted) is repeated until both answers are equally
-frequent, so the answer can only come from the image. The test split is untouched.
+frequent, so the answer can only come from the image. The test split is untouched. Measured with the
+easy_vqa recipe: it takes the prior away without teaching the comparison (every yes/no answer became
+"yes", 63.4 % overall): kept off by default, recorded as what limits this task.
 """
 
 from __future__ import annotations

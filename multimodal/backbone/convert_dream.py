@@ -28,7 +28,14 @@ from pathlib import Path
 import torch
 
 from multimodal.backbone.dream import DreamBackbone, DreamConfig
-from multimodal.backbone.released import CheckpointError, SpecialTokens, read_tensors, shard_files, write_folder
+from multimodal.backbone.released import (
+    CheckpointError,
+    SpecialTokens,
+    assign_checked,
+    read_tensors,
+    shard_files,
+    write_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,29 +150,14 @@ def load_dream_checkpoint(
     config, special = config_from_dream_json(folder)
     with torch.device("meta"):
         model = DreamBackbone(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     files = shard_files(folder)
-    mapped, unexpected = {}, []
-    for key in files:
+    state, unexpected = {}, []
+    for key, tensor in read_tensors(files, sorted(files)).items():
         try:
-            mapped[ours(key)] = key
+            state[ours(key)] = tensor
         except CheckpointError:
             unexpected.append(key)
-    unexpected += sorted(mapped[k] for k in set(mapped) - set(expected))
-    missing = sorted(k for k in expected if k not in mapped)
-    if missing or unexpected:
-        parts = [f"missing keys: {', '.join(missing)}"] if missing else []
-        parts += [f"unexpected keys: {', '.join(sorted(unexpected))}"] if unexpected else []
-        raise CheckpointError(f"{folder}: " + "; ".join(parts))
-    tensors = read_tensors(files, sorted(files))
-    state = {k: tensors[r] for k, r in mapped.items()}
-    wrong = [
-        f"{mapped[k]} {tuple(t.shape)} (expected {expected[k]})" for k, t in state.items() if t.shape != expected[k]
-    ]
-    if wrong:
-        raise CheckpointError(f"{folder}: mis-shaped keys: {', '.join(wrong)}")
-    state = {k: t.to(device=device, dtype=dtype or t.dtype) for k, t in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    assign_checked(model, state, folder, unexpected, dtype=dtype, device=device)
     log.info("loaded Dream %s (%.1fM parameters)", folder, config.num_parameters() / 1e6)
     return model, special
 

@@ -27,12 +27,21 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from multimodal.backbone.llada2 import LLaDA2Backbone, LLaDA2Config
-from multimodal.backbone.released import CheckpointError, SpecialTokens, read_tensors, shard_files, write_folder
+from multimodal.backbone.released import (
+    CheckpointError,
+    SpecialTokens,
+    assign_checked,
+    read_tensors,
+    shard_files,
+    stack_experts,
+    write_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +180,10 @@ def load_llada2_checkpoint(
     config, special = config_from_llada2_json(folder)
     with torch.device("meta"):
         model = LLaDA2Backbone(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    files = shard_files(folder)
-    tensors = read_tensors(files, sorted(files))
-    state, unexpected = {}, []
-    experts: dict[str, dict[int, torch.Tensor]] = {}
     q, kv = config.d_model, config.kv_heads * config.head_dim
-    for key, tensor in tensors.items():
+    files = shard_files(folder)
+    state, unexpected, experts = {}, [], defaultdict(dict)
+    for key, tensor in read_tensors(files, sorted(files)).items():
         if key in _TOP:
             state[_TOP[key]] = tensor
         elif m := _FUSED.match(key):
@@ -186,27 +192,13 @@ def load_llada2_checkpoint(
             for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.split([q, kv, kv]), strict=True):
                 state[f"blocks.{m.group(1)}.{name}.{m.group(2)}"] = part
         elif m := _EXPERT.match(key):
-            experts.setdefault(f"blocks.{m.group(1)}.moe.{m.group(3)}", {})[int(m.group(2))] = tensor
+            experts[f"blocks.{m.group(1)}.moe.{m.group(3)}"][int(m.group(2))] = tensor
         elif (m := _LAYER_KEY.match(key)) and m.group(2) in _LAYER:
             state[f"blocks.{m.group(1)}.{_LAYER[m.group(2)]}"] = tensor
         else:
             unexpected.append(key)
-    for name, by_index in experts.items():
-        if sorted(by_index) != list(range(config.n_experts)):
-            gone = sorted(set(range(config.n_experts)) - set(by_index))
-            raise CheckpointError(f"{folder}: missing keys: experts {gone} of {name}")
-        state[name] = torch.stack([by_index[e] for e in range(config.n_experts)])
-    unexpected += sorted(k for k in state if k not in expected)
-    missing = sorted(k for k in expected if k not in state)
-    if missing or unexpected:
-        parts = [f"missing keys: {', '.join(missing)}"] if missing else []
-        parts += [f"unexpected keys: {', '.join(sorted(unexpected))}"] if unexpected else []
-        raise CheckpointError(f"{folder}: " + "; ".join(parts))
-    wrong = [f"{k} {tuple(t.shape)} (expected {expected[k]})" for k, t in state.items() if t.shape != expected[k]]
-    if wrong:
-        raise CheckpointError(f"{folder}: mis-shaped keys: {', '.join(wrong)}")
-    state = {k: t.to(device=device, dtype=dtype or t.dtype) for k, t in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    stacked, missing = stack_experts(experts, config.n_experts)
+    assign_checked(model, {**state, **stacked}, folder, unexpected, missing, dtype, device)
     log.info(
         "loaded LLaDA2 %s (%.1fM parameters, %.1fM active)", folder, config.num_parameters() / 1e6,
         config.active_parameters() / 1e6,

@@ -30,12 +30,21 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from multimodal.backbone.moe import LLaDAMoEBackbone, MoEBackboneConfig
-from multimodal.backbone.released import CheckpointError, SpecialTokens, read_tensors, shard_files, write_folder
+from multimodal.backbone.released import (
+    CheckpointError,
+    SpecialTokens,
+    assign_checked,
+    read_tensors,
+    shard_files,
+    stack_experts,
+    write_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,39 +187,18 @@ def load_llada_moe_checkpoint(
     config, special = config_from_moe_json(folder)
     with torch.device("meta"):
         model = LLaDAMoEBackbone(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     files = shard_files(folder)
-    experts = {k: _EXPERT.match(k) for k in files}
-    plain = [k for k, m in experts.items() if m is None]
-    problems, mapped = [], {}
-    for key in plain:
+    state, unexpected, experts = {}, [], defaultdict(dict)
+    for key, tensor in read_tensors(files, sorted(files)).items():
+        if m := _EXPERT.match(key):
+            experts[f"blocks.{m.group(1)}.moe.{m.group(3)}"][int(m.group(2))] = tensor
+            continue
         try:
-            mapped[ours(key)] = key
+            state[ours(key)] = tensor
         except CheckpointError:
-            problems.append(key)
-    wanted = {
-        f"blocks.{i}.moe.{p}": [f"model.layers.{i}.mlp.experts.{e}.{p}.weight" for e in range(config.n_experts)]
-        for i in range(config.n_layers)
-        for p in ("gate_proj", "up_proj", "down_proj")
-    }
-    missing = sorted(k for k in expected if k not in mapped and k not in wanted)
-    missing += sorted(r for group in wanted.values() for r in group if r not in files)
-    extra = sorted(k for k, m in experts.items() if m is not None and k not in {r for g in wanted.values() for r in g})
-    if missing or problems or extra or set(mapped) - set(expected):
-        unexpected = problems + extra + sorted(mapped[k] for k in set(mapped) - set(expected))
-        parts = [f"missing keys: {', '.join(missing)}"] if missing else []
-        parts += [f"unexpected keys: {', '.join(unexpected)}"] if unexpected else []
-        raise CheckpointError(f"{folder}: " + "; ".join(parts))
-    tensors = read_tensors(files, sorted(files))
-    state = {k: tensors[r] for k, r in mapped.items()}
-    state.update({k: torch.stack([tensors[r] for r in group]) for k, group in wanted.items()})
-    wrong = [
-        f"{k} {tuple(t.shape)} (expected {expected[k]})" for k, t in state.items() if tuple(t.shape) != expected[k]
-    ]
-    if wrong:
-        raise CheckpointError(f"{folder}: mis-shaped keys: {', '.join(wrong)}")
-    state = {k: t.to(device=device, dtype=dtype or t.dtype) for k, t in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+            unexpected.append(key)
+    stacked, missing = stack_experts(experts, config.n_experts)
+    assign_checked(model, {**state, **stacked}, folder, unexpected, missing, dtype, device)
     log.info(
         "loaded LLaDA-MoE %s (%.1fM parameters, %.1fM active)", folder, config.num_parameters() / 1e6,
         config.active_parameters() / 1e6,

@@ -80,13 +80,6 @@ class DreamBackbone(LLaDABackbone):
 
     block_class = DreamBlock
 
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        for block in self.blocks:  # Qwen2 initialises biases at zero (the base set every 1-D tensor to one)
-            for proj in (block.q_proj, block.k_proj, block.v_proj):
-                if proj.bias is not None:
-                    nn.init.zeros_(proj.bias)
-
     def forward(self, input_ids: torch.Tensor | None = None, **kwargs) -> BackboneOutput:
         cache = kwargs.get("cache")
         filled = cache is not None and cache.filled

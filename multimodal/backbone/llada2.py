@@ -180,12 +180,6 @@ class LLaDA2Backbone(LLaDAMoEBackbone):
     def make_block(self, config: LLaDA2Config, layer: int) -> nn.Module:
         return LLaDA2Block(config, sparse=layer >= config.first_dense_layers)
 
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        for module in self.modules():  # biases start at zero (the base set every 1-D tensor to one)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-
 
 NETWORKS[LLaDA2Config] = LLaDA2Backbone
 

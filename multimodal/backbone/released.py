@@ -109,3 +109,43 @@ def write_folder(state: dict[str, torch.Tensor], config: dict, folder: Path, max
     for tmp, final in written:
         tmp.replace(final)
     return folder
+
+
+def stack_experts(experts: dict[str, dict[int, torch.Tensor]], count: int) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Per-expert tensors found in a checkpoint (our stacked key ``blocks.N.moe.<proj>`` -> {expert:
+    tensor}) stacked into (E, ...) tensors; the released names (``model.layers.N.mlp.experts.E.<proj>
+    .weight``, the layout LLaDA-MoE and LLaDA2 share) of the experts a group lacks come back too."""
+    stacked, missing = {}, []
+    for key, by_expert in experts.items():
+        _, layer, _, proj = key.split(".")
+        gone = [e for e in range(count) if e not in by_expert]
+        missing += [f"model.layers.{layer}.mlp.experts.{e}.{proj}.weight" for e in gone]
+        if not gone:
+            stacked[key] = torch.stack([by_expert[e] for e in range(count)])
+    return stacked, missing
+
+
+def assign_checked(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    folder: Path,
+    unexpected: list[str] = (),
+    missing: list[str] = (),
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+) -> None:
+    """Assign `state` (our keys) to `model` built on the meta device, after one check that names every
+    missing, unexpected and mis-shaped key together (`unexpected` / `missing`: released keys the
+    converter's table already found wanting); tensors are cast to `dtype` on `device`."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    unexpected = sorted(unexpected) + sorted(k for k in state if k not in expected)
+    missing = sorted(missing) + sorted(k for k in expected if k not in state)
+    if missing or unexpected:
+        parts = [f"missing keys: {', '.join(missing)}"] if missing else []
+        parts += [f"unexpected keys: {', '.join(unexpected)}"] if unexpected else []
+        raise CheckpointError(f"{folder}: " + "; ".join(parts))
+    wrong = [f"{k} {tuple(t.shape)} (expected {expected[k]})" for k, t in state.items() if t.shape != expected[k]]
+    if wrong:
+        raise CheckpointError(f"{folder}: mis-shaped keys: {', '.join(wrong)}")
+    model.load_state_dict({k: t.to(device=device, dtype=dtype or t.dtype) for k, t in state.items()},
+                          strict=True, assign=True)  # fmt: skip

@@ -85,11 +85,14 @@ class LLaDABackbone(nn.Module):
         return self.block_class(config)
 
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2 n_layers)."""
+        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2 n_layers); norm scales
+        one; biases (the families that have them) zero."""
         std = self.config.init_std
         out_std = std / math.sqrt(2 * self.config.n_layers)
         for name, param in self.named_parameters():
-            if param.dim() < 2:
+            if name.endswith(".bias"):
+                nn.init.zeros_(param)
+            elif param.dim() < 2:
                 nn.init.ones_(param)
             elif name.endswith(self.residual_outputs) and name.startswith("blocks."):
                 nn.init.normal_(param, 0.0, out_std)

@@ -236,6 +236,16 @@ class Sampler:
         """(B, Lb) bool positions to commit, given scores (-inf where not masked) and the quota."""
         return top_quota(score, quota)
 
+    def forbid(self, logits: torch.Tensor, special: SpecialIds) -> torch.Tensor:
+        """`logits` with `forbid_ids` (and EOS under `forbid_eos`) at -inf: never proposed as candidates."""
+        cfg = self.config
+        ids = list(cfg.forbid_ids) + ([special.eos_id] if cfg.forbid_eos and special.eos_id is not None else [])
+        if not ids:
+            return logits
+        logits = logits.clone()
+        logits[..., ids] = -torch.inf
+        return logits
+
     def step(
         self,
         logits: torch.Tensor,
@@ -260,10 +270,7 @@ class Sampler:
             commit: (B, Lb) bool, positions to commit now.
         """
         cfg = self.config
-        forbid = list(cfg.forbid_ids) + ([special.eos_id] if cfg.forbid_eos and special.eos_id is not None else [])
-        if forbid:
-            logits = logits.clone()
-            logits[..., forbid] = -torch.inf
+        logits = self.forbid(logits, special)
         x0 = gumbel_argmax(logits, cfg.temperature, generator)
         score = self.confidence(logits, x0, generator)
         if cfg.eos_lowest_confidence:

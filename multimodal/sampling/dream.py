@@ -117,10 +117,8 @@ class DreamSampler(Sampler):
         step: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
-        forbid = list(cfg.forbid_ids) + ([special.eos_id] if cfg.forbid_eos and special.eos_id is not None else [])
-        work = logits / cfg.temperature if cfg.temperature > 0 else logits.clone()
-        if forbid:
-            work[..., forbid] = -torch.inf
+        logits = self.forbid(logits, special)
+        work = logits / cfg.temperature if cfg.temperature > 0 else logits
         if cfg.top_p is not None and cfg.top_p < 1:
             work = top_p_filter(work, cfg.top_p)
         if cfg.top_k is not None:

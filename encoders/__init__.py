@@ -9,6 +9,7 @@ from encoders import (  # noqa: E402,F401  (register the towers)
     diffa,
     imagenet_photos,
     llada_v,
+    moonshine,
     protein,
     vision,
     vision_cnn,

@@ -218,10 +218,12 @@ def read_member(asset: Asset, member: str) -> bytes:
 
 
 def member_file(asset: Asset, member: str) -> Path:
-    """`member` extracted once beside the cached artefact (for readers that want a file path, such as
-    checkpoint loaders); written under a temporary name and renamed, so a partial file is never used."""
-    target = artefact_path(asset).with_name(member.rsplit("/", 1)[-1])
+    """`member` extracted once into the asset's own folder beside the cached artefact (for readers that want
+    a file path, such as checkpoint loaders and ONNX Runtime); written under a temporary name and renamed, so
+    a partial file is never used."""
+    target = artefact_path(asset).parent / asset.name / member.rsplit("/", 1)[-1]
     if not target.is_file():
+        target.parent.mkdir(exist_ok=True)
         partial = target.with_suffix(target.suffix + ".part")
         partial.write_bytes(read_member(asset, member))
         partial.replace(target)

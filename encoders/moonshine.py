@@ -177,7 +177,8 @@ class MoonshineTower(ModalityEncoder):
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> SequenceFeatures:
         if inputs.dim() != 3 or inputs.shape[1] != 2:
-            raise ValueError(f"the Moonshine tower takes (B, 2, samples) clips with a validity row, got {tuple(inputs.shape)}")
+            shape = tuple(inputs.shape)
+            raise ValueError(f"the Moonshine tower takes (B, 2, samples) clips with a validity row, got {shape}")
         samples = inputs[:, 1].gt(0.5).sum(-1).tolist()
         host = inputs[:, 0].detach().float().cpu().numpy()
         out = torch.zeros(inputs.shape[0], output_frames(inputs.shape[-1]), WIDTH)
@@ -192,6 +193,8 @@ class MoonshineTower(ModalityEncoder):
 
 
 @ENCODERS.register("moonshine_base")
-def moonshine_base(threads: int | None = None, cache_features: bool = True, max_seconds: float = 30.0) -> MoonshineTower:
+def moonshine_base(
+    threads: int | None = None, cache_features: bool = True, max_seconds: float = 30.0
+) -> MoonshineTower:
     """Moonshine Base English's encoder from the pinned ``moonshine-cpp`` wheel, frozen (no parameters)."""
     return MoonshineTower(threads, cache_features, max_seconds)

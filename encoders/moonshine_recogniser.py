@@ -10,8 +10,9 @@ cached tensors. Decoding is greedy from BOS (1) until EOS (2), over the 32,000 t
 tokens (the bound transformers' Moonshine documentation uses), so a decoder stuck in a loop stops.
 
 ``tokenizer.bin`` is a list of length-prefixed byte strings, one per id: ``<unk>``, ``<s>``, ``</s>``,
-the 256 byte-fallback pieces ``<0x00>`` ... ``<0xFF>`` (ids 3-258), then SentencePiece pieces with
-``\u2581`` for a word boundary. `MoonshineTokenizer.decode` joins them as SentencePiece does.
+the 256 byte-fallback pieces (ids 3-258, each stored as the byte itself), then SentencePiece pieces with
+``\u2581`` for a word boundary. `MoonshineTokenizer.decode` joins the bytes of the ids (special ids
+left out), reads them as UTF-8 and turns the boundaries into spaces, as SentencePiece does.
 
 Clips are decoded one at a time: the graph takes no padding mask (encoders/moonshine.py), so a padded
 batch would change the features.
@@ -28,7 +29,6 @@ import numpy as np
 from encoders.moonshine import ClipCheck, model_file, read_clip, session
 
 BOS, EOS = 1, 2
-BYTE_PIECES = range(3, 259)
 TOKENS_PER_SECOND = 6.5
 
 
@@ -51,11 +51,7 @@ class MoonshineTokenizer:
         return len(self.pieces)
 
     def decode(self, ids: Sequence[int]) -> str:
-        out = b"".join(
-            bytes([int(self.pieces[i][3:5], 16)]) if i in BYTE_PIECES else self.pieces[i]
-            for i in ids
-            if i > EOS and i < len(self.pieces)
-        )
+        out = b"".join(self.pieces[i] for i in ids if EOS < i < len(self.pieces))
         return out.decode("utf-8", errors="replace").replace("\u2581", " ").strip()
 
 

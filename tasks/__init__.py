@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tasks import (  # noqa: F401  (register the tasks and their commands)
     asr,
+    asr_first_pass,
     deliberation,
     digits,
     easy_vqa,

@@ -16,7 +16,10 @@ The answer is the transcript (lower-case words). Metrics: corpus WER after Whisp
 normalisation with substitutions / deletions / insertions, also for the held-out-voice and seen-voice
 parts of the embedded test split; each prediction is written with its alignment. The embedded corpus
 has a fourth split, ``test_accents``: the test sentences read by voices with accents never heard in
-training (tasks/synthetic/spoken.py).
+training (tasks/synthetic/spoken.py), and on request (``extra_splits``) two built from pinned real assets:
+``test_piper``, the test sentences read by a neural Piper voice unlike any eSpeak voice
+(tasks/synthetic/spoken_piper.py), and ``real``, recorded human speech with transcripts
+(tasks/real/speech_recordings.py), a sanity set whose words mostly lie outside the corpus vocabulary.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class ASRConfig(TaskConfig):
         files: split -> manifest, LibriSpeech folder or shard glob, overriding `data`.
         data_dir: where the embedded corpus is written (once per configuration).
         spoken: overrides of the corpus generator (SpokenConfig fields).
+        extra_splits: evaluation splits of the embedded corpus built from pinned assets on first use:
+            ``test_piper`` and / or ``real`` (module docstring).
         layout: ``audio_after_prompt`` (Whisper-LLaDA) or ``audio_in_instruction`` (DIFFA).
         prompt: the instruction text.
         placeholder: the token written where the audio embeddings go (``modalities.audio.placeholder``
@@ -69,11 +74,37 @@ class ASRConfig(TaskConfig):
     files: dict[str, str] = field(default_factory=dict)
     data_dir: str = "data/spoken"
     spoken: dict[str, Any] = field(default_factory=dict)
+    extra_splits: list[str] = field(default_factory=list)
     layout: Literal["audio_after_prompt", "audio_in_instruction"] = "audio_after_prompt"
     prompt: str = "Transcribe the audio:"
     placeholder: str = AUDIO_TOKEN
     bad_records: Literal["skip", "fail"] = "skip"
     max_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.extra_splits) - set(EXTRA_SPLITS))
+        if unknown:
+            raise ValueError(f"task.extra_splits: unknown split(s) {unknown}; known: {', '.join(EXTRA_SPLITS)}")
+        if self.extra_splits and self.data != "embedded":
+            raise ValueError("task.extra_splits are built beside the embedded corpus: set task.data to 'embedded'")
+
+
+EXTRA_SPLITS = ("test_piper", "real")
+
+
+def extra_split(corpus: Path, split: str) -> list[Path]:
+    """The shards of an extra split (``test_piper``, ``real``), built beside the corpus on first use."""
+    if not sorted(corpus.glob(f"{split}-*.tar")):
+        if split == "test_piper":
+            from tasks.synthetic.spoken_piper import write_piper_split
+
+            log.info("reading the test sentences with the Piper voice into %s (a few minutes)", corpus)
+            write_piper_split(corpus)
+        else:
+            from tasks.real.speech_recordings import write_real_split
+
+            write_real_split(corpus)
+    return sorted(corpus.glob(f"{split}-*.tar"))
 
 
 def embedded_corpus(cfg: ASRConfig) -> Path:
@@ -100,7 +131,7 @@ class ASRTask(Task):
         cfg = self.config
         embedded_accents = cfg.data == "embedded" and bool(cfg.spoken.get("accent_voices", True))
         accents = "test_accents" in cfg.files or embedded_accents
-        return ("train", "validation", "test") + (("test_accents",) if accents else ())
+        return ("train", "validation", "test") + (("test_accents",) if accents else ()) + tuple(cfg.extra_splits)
 
     def __init__(self, config: ASRConfig):
         super().__init__(config)
@@ -122,6 +153,8 @@ class ASRTask(Task):
         cfg = self.config
         spec = cfg.files.get(split)
         if spec is None and cfg.data == "embedded":
+            if split in cfg.extra_splits:
+                return extra_split(embedded_corpus(cfg), split)
             return sorted(embedded_corpus(cfg).glob(f"{split}-*.tar"))
         path = Path(spec or cfg.data)
         if path.suffix == ".jsonl" or (path.is_dir() and any(path.glob("*/*/*.trans.txt"))):

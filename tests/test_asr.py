@@ -337,3 +337,25 @@ def test_a_task_placeholder_other_than_the_models_is_refused_before_training():
     message = "task.placeholder is '<|audio_embeds|>' but modalities.audio.placeholder is '<audio>'"
     with pytest.raises(ValueError, match=re.escape(message)):
         build_run(load_experiment("spoken_asr", ["task.placeholder=<|audio_embeds|>"]))
+
+
+def test_extra_splits_are_named_and_need_the_embedded_corpus():
+    from tasks.asr import ASRConfig, ASRTask
+
+    task = ASRTask(ASRConfig(extra_splits=["test_piper", "real"]))
+    assert task.splits[-2:] == ("test_piper", "real")
+    with pytest.raises(ValueError, match=r"unknown split\(s\) \['test_librivox'\]"):
+        ASRConfig(extra_splits=["test_librivox"])
+    with pytest.raises(ValueError, match="embedded"):
+        ASRConfig(data="data/librispeech", extra_splits=["real"])
+
+
+def test_a_first_pass_is_written_as_the_corpus_writes_transcripts():
+    from tasks.asr_first_pass import transcript_style
+
+    assert transcript_style("Turn on the kitchen light.") == "turn on the kitchen light"
+    assert transcript_style("9,923.") == "nine thousand nine hundred and twenty three"  # a number, in words
+    assert transcript_style("Room 205") == "room two hundred and five"
+    assert transcript_style("861-029") == "eight hundred and sixty one zero two nine"  # leading zero: a code
+    assert transcript_style("Code 123456") == "code one two three four five six"
+    assert transcript_style("He was ill-disposed,") == "he was ill disposed"

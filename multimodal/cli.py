@@ -388,6 +388,7 @@ def _assets(args: argparse.Namespace) -> int:
     """``mmdiff assets list|fetch|path [NAMES]`` over the assets the project's modules register."""
     import encoders  # noqa: F401  (registers the weight assets)
     import tasks.real  # noqa: F401  (registers the data assets)
+    import tasks.synthetic.spoken_piper  # noqa: F401  (registers the Piper assets that build a speech split)
     from multimodal.assets import ASSETS, cache_dir, can_fetch, fetch, is_fetched
 
     assets = [ASSETS.get(n) for n in args.names] if args.names else [ASSETS.get(n) for n in ASSETS.names()]

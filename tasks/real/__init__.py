@@ -2,4 +2,4 @@
 
 Importing the package registers their assets (``mmdiff assets list``)."""
 
-from tasks.real import easy_vqa, peptide_mhc, tcr_epitope  # noqa: F401  (register their assets)
+from tasks.real import easy_vqa, peptide_mhc, speech_recordings, tcr_epitope  # noqa: F401  (register their assets)

@@ -10,7 +10,12 @@ Modes (PAPERS.md section 4):
 * ``chunks``: semi-autoregressive: the hypothesis is split into `chunks` contiguous pieces, and each in
   turn is masked entirely and refilled with the rest visible.
 
-The hypothesis keeps its token count (deliberation refills, it does not insert or delete). The
+The hypothesis keeps its token count (deliberation refills: no word can be added, and a word is dropped
+only where an EOS is written over it), unless ``free_length``: then the refilled region is the whole answer canvas the model was trained to fill
+(``task.answer_length`` positions: the hypothesis, then EOS), so masking an EOS lets the model write a word
+the first pass dropped and writing an EOS ends the text early; the result is read up to its first EOS. A
+real recogniser's first pass often has the wrong number of words (a dropped short utterance, a split or
+merged word), which a fixed count can never repair. The
 text-only control (`text_only`) runs the same model with the audio withheld: Whisper-LLaDA's finding
 is that it does not help, so the gain must come from listening.
 
@@ -46,13 +51,15 @@ from tasks.commands import CommandContext, CommandOutput, TaskCommand, register_
 
 @dataclass
 class DeliberationConfig:
-    """Attributes: mode, mask_ratio, chunks, protocol (module docstring); text_only withholds the audio."""
+    """Attributes: mode, mask_ratio, chunks, protocol, free_length (module docstring); text_only withholds
+    the audio."""
 
     mode: Literal["random", "low_confidence", "chunks"] = "low_confidence"
     mask_ratio: float = 0.3
     chunks: int = 4
     text_only: bool = False
     protocol: Literal["ours", "reference"] = "ours"
+    free_length: bool = False
 
 
 def _strip_media(layout: Layout) -> Layout:
@@ -79,6 +86,11 @@ def deliberate(
     hyp_ids = [tokenizer.encode(h) for h in hypotheses]
     width_p = max(len(p) for p in batch.prompts)
     width_h = max(1, max(len(h) for h in hyp_ids))
+    if config.free_length:
+        canvas_length = getattr(task.config, "answer_length", None)
+        if not canvas_length:
+            raise ValueError("free-length deliberation refills the answer canvas: set task.answer_length")
+        width_h = max(width_h, canvas_length)
     b = len(hyp_ids)
     ids = torch.full((b, width_p + width_h), tokenizer.eos_id, dtype=torch.long)
     attention = torch.ones_like(ids)
@@ -89,7 +101,7 @@ def deliberate(
         ids[i, pad:width_p] = torch.tensor(p, dtype=torch.long)
         if h:
             ids[i, width_p : width_p + len(h)] = torch.tensor(h, dtype=torch.long)
-            region[i, width_p : width_p + len(h)] = True
+        region[i, width_p : width_p + (width_h if config.free_length else len(h))] = True
     canvas = MultimodalBatch(
         input_ids=ids,
         maskable=region,
@@ -117,6 +129,8 @@ def deliberate(
     final = canvas.input_ids.cpu()
     for i in range(b):
         tokens = final[i][region[i]].tolist()
+        if config.free_length and special.eos_id in tokens:
+            tokens = tokens[: tokens.index(special.eos_id)]
         out.append(tokenizer.decode([t for t in tokens if t not in (special.eos_id, special.mask_id)]))
     return out, calls
 
@@ -214,6 +228,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunks", type=int, default=4, help="chunks for the semi-autoregressive mode")
     p.add_argument("--text-only", action="store_true", help="withhold the audio (the control)")
     p.add_argument(
+        "--free-length", action="store_true", help="refill the whole answer canvas, so words can be added or dropped"
+    )
+    p.add_argument(
         "--protocol", default="ours", choices=["ours", "reference"], help="reference: the released loop's choices"
     )
     p.add_argument("--split", default="test", help="task split that hypothesis ids refer to")
@@ -224,7 +241,7 @@ def deliberate_command(args: argparse.Namespace, context: CommandContext) -> Com
     the new hypotheses go to eval/deliberation_<mode>[_text_only].jsonl beside the metrics."""
     from tasks.asr_metrics import wer_report
 
-    config = DeliberationConfig(args.mode, args.ratio, args.chunks, args.text_only, args.protocol)
+    config = DeliberationConfig(args.mode, args.ratio, args.chunks, args.text_only, args.protocol, args.free_length)
     path = Path(args.hypotheses)
     rows, layouts, hyps, refs = read_hypotheses(context.task, path, args.split)
     engine = context.engine
@@ -243,6 +260,7 @@ def deliberate_command(args: argparse.Namespace, context: CommandContext) -> Com
         "chunks": config.chunks,
         "text_only": config.text_only,
         "protocol": config.protocol,
+        "free_length": config.free_length,
         "utterances": len(out),
         "wer_before": before["wer"],
         "wer_after": after["wer"],
@@ -254,6 +272,7 @@ def deliberate_command(args: argparse.Namespace, context: CommandContext) -> Com
         result["real_time_factor"] = round(elapsed / audio, 4)
     name = f"eval/deliberation_{config.mode}{'_text_only' if config.text_only else ''}"
     name += "_reference" if config.protocol == "reference" else ""
+    name += "_free_length" if config.free_length else ""
     lines = [
         json.dumps({"id": row.get("id"), "hypothesis": hyp, "deliberated": new, "reference": ref})
         for row, hyp, new, ref in zip(rows, hyps, out, refs, strict=True)

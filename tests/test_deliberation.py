@@ -93,3 +93,30 @@ def test_reference_low_confidence_scores_with_padding_at_the_hypothesis():
         seen.clear()
         deliberate(engine, task, layouts, ["59381"], DeliberationConfig("low_confidence", 0.4, protocol=protocol))
         assert seen[0][0, p : p + 5].tolist() == [hidden] * 5  # the scoring forward
+
+
+def test_free_length_deliberation_adds_and_drops_words():
+    from dataclasses import replace
+
+    task, tok, layouts, _ = build("54321")
+    task.config = replace(task.config, answer_length=8)
+    p = len(tok.encode("12345="))
+    ref = tok.encode("54321")
+
+    def fn(ids, attention_mask, position_ids):
+        logits = torch.zeros(*ids.shape, len(tok))
+        for j in range(ids.shape[1] - p):  # the answer, then EOS to the end of the canvas
+            logits[:, p + j, ref[j] if j < len(ref) else tok.eos_id] = 8.0
+        return logits
+
+    engine = Engine(TableModel(fn=fn), tok)
+    for hyp in ("5431", "5432199"):  # a dropped digit, two inserted ones
+        fixed, _ = deliberate(engine, task, layouts, [hyp], DeliberationConfig("low_confidence", 0.5, free_length=True))
+        assert fixed == ["54321"]
+    kept, _ = deliberate(engine, task, layouts, ["5431"], DeliberationConfig("low_confidence", 0.5))
+    assert len(kept[0]) == 4  # without it no word can be added (an EOS written over one can drop it)
+    task.config = replace(task.config, answer_length=None)
+    import pytest
+
+    with pytest.raises(ValueError, match="answer_length"):
+        deliberate(engine, task, layouts, ["5431"], DeliberationConfig("chunks", free_length=True))

@@ -136,3 +136,25 @@ def test_recogniser_transcribes_real_recorded_speech():
     member = next(m for m in asset.members if m.endswith("cards/003.wav"))
     text = MoonshineRecogniser().transcribe(read_member(asset, member))
     assert transcript_style(text) == "seven of clubs"  # the recording's transcript
+
+
+def test_a_bad_training_clip_is_named_before_the_first_step():
+    from types import SimpleNamespace
+
+    from multimodal.tokenizer import BuiltinTokenizer
+    from multimodal.train.run import _lengths
+    from multimodal.types import ModalityIO
+    from tasks.base import Layout
+
+    tower = create_encoder("moonshine_base")
+    adapter = ModalityAdapter(tower, create_projector("diffa_semantic", in_dim=WIDTH, out_dim=32))
+    io_ = ModalityIO("audio", 4, adapter.num_tokens, tower.preprocess)
+    good = _wav(_clip(1.0, 0).numpy(), 16000)
+    short = _wav(np.zeros(300, np.float32), 16000)
+    layouts = [
+        Layout(prompt="hi", answer="a b", meta={"id": f"train_{i}"}, media={"audio": [clip]})
+        for i, clip in enumerate([good, short])
+    ]
+    run = SimpleNamespace(tokenizer=BuiltinTokenizer.build(["hi a b"], "word"))
+    with pytest.raises(ValueError, match=r"training example train_1 \(audio\): audio too short"):
+        _lengths(run, layouts, {"audio": io_})

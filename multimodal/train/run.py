@@ -321,7 +321,10 @@ def _lengths(run: Run, layouts: Sequence[Any], modalities: dict[str, ModalityIO]
         n = sum(len(run.tokenizer.encode(p)) + len(run.tokenizer.encode(a)) + 1 for p, a in lay.history)
         n += len(run.tokenizer.encode(lay.prompt + lay.prompt_suffix)) + len(run.tokenizer.encode(lay.answer)) + 1
         for name, io in modalities.items():
-            n += sum(int(io.num_tokens(io.preprocess(item))) - 1 for item in lay.media.get(name, []))
+            try:
+                n += sum(int(io.num_tokens(io.preprocess(item))) - 1 for item in lay.media.get(name, []))
+            except ValueError as err:  # bad media: one error naming the example, before the first step
+                raise ValueError(f"training example {lay.meta.get('id', '?')} ({name}): {err}") from None
         lengths.append(n)
     return lengths
 

@@ -11,11 +11,11 @@ Modes (PAPERS.md section 4):
   turn is masked entirely and refilled with the rest visible.
 
 The hypothesis keeps its token count (deliberation refills: no word can be added, and a word is dropped
-only where an EOS is written over it), unless ``free_length``: then the refilled region is the whole answer canvas the model was trained to fill
-(``task.answer_length`` positions: the hypothesis, then EOS), so masking an EOS lets the model write a word
-the first pass dropped and writing an EOS ends the text early; the result is read up to its first EOS. A
-real recogniser's first pass often has the wrong number of words (a dropped short utterance, a split or
-merged word), which a fixed count can never repair. The
+only where an EOS is written over it), unless ``free_length``: then the refilled region is the whole
+answer canvas the model was trained to fill (``task.answer_length`` positions: the hypothesis, then EOS),
+so masking an EOS lets the model write a word the first pass dropped and writing an EOS ends the text
+early; the result is read up to its first EOS. A real recogniser's first pass often has the wrong number
+of words (a dropped short utterance, a split or merged word), which a fixed count can never repair. The
 text-only control (`text_only`) runs the same model with the audio withheld: Whisper-LLaDA's finding
 is that it does not help, so the gain must come from listening.
 

@@ -61,7 +61,10 @@ def first_pass_command(args: argparse.Namespace, context: CommandContext) -> Com
     rows, start = [], time.perf_counter()
     for layout in tqdm(layouts, desc=f"moonshine {args.split}", unit="utt", leave=False):
         (audio,) = layout.media["audio"]
-        raw = recogniser.transcribe(audio)
+        try:
+            raw = recogniser.transcribe(audio)
+        except ValueError as err:  # bad audio: one error naming the utterance, not "audio bytes"
+            raise ValueError(f"utterance {layout.meta.get('id', '?')} of split '{args.split}': {err}") from None
         rows.append(
             {"id": layout.meta.get("id"), "hypothesis": transcript_style(raw), "raw": raw, "reference": layout.answer}
         )

@@ -158,3 +158,20 @@ def test_a_bad_training_clip_is_named_before_the_first_step():
     run = SimpleNamespace(tokenizer=BuiltinTokenizer.build(["hi a b"], "word"))
     with pytest.raises(ValueError, match=r"training example train_1 \(audio\): audio too short"):
         _lengths(run, layouts, {"audio": io_})
+
+
+def test_first_pass_names_the_utterance_with_bad_audio():
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from tasks.asr_first_pass import first_pass_command
+    from tasks.base import Layout
+
+    good, short = _wav(_clip(1.0, 0).numpy(), 16000), _wav(np.zeros(300, np.float32), 16000)
+    layouts = [
+        Layout(prompt="", answer="a", meta={"id": name}, media={"audio": [clip]})
+        for name, clip in (("utt_ok", good), ("utt_click", short))
+    ]
+    task = SimpleNamespace(eval_layouts=lambda split: layouts)
+    with pytest.raises(ValueError, match=r"utterance utt_click of split 'test': audio too short"):
+        first_pass_command(Namespace(split="test", limit=None), SimpleNamespace(task=task))

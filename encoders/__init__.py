@@ -11,6 +11,7 @@ from encoders import (  # noqa: E402,F401  (register the towers)
     llada_v,
     moonshine,
     protein,
+    stacked_adapter,
     vision,
     vision_cnn,
     vision_efficientnet_lite,

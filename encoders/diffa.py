@@ -50,8 +50,15 @@ def _release_part(state: dict[str, torch.Tensor], prefix: str, source: str) -> d
 class SemanticAdapter(SpeechAdapter):
     """DIFFA's semantic connector (module docstring); names as the release's ``semantic_connector``."""
 
-    def __init__(self, in_dim: int, out_dim: int, prompt_vectors: int = 0, weights: str | None = None):
-        super().__init__(out_dim, prompt_vectors)
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        prompt_vectors: int = 0,
+        weights: str | None = None,
+        feature_mask: dict | None = None,
+    ):
+        super().__init__(out_dim, prompt_vectors, feature_mask)
         self.conv = nn.Sequential(
             nn.Conv1d(in_dim, in_dim, 3, padding=1),
             nn.GELU(),

@@ -37,11 +37,11 @@ class SpecAugment:
         bins = torch.arange(n_mels, device=features.device)
         steps = torch.arange(features.shape[-1], device=features.device)
         for i in range(b):
+            real = int(frames[i])
             for _ in range(self.freq_masks):
                 width = int(torch.randint(0, self.freq_width + 1, (1,), generator=generator))
                 start = int(torch.randint(0, max(n_mels - width, 0) + 1, (1,), generator=generator))
-                keep[i] &= ~((bins >= start) & (bins < start + width))[:, None]
-            real = int(frames[i])
+                keep[i] &= ~(((bins >= start) & (bins < start + width))[:, None] & (steps < real)[None, :])
             limit = min(self.time_width, int(self.max_time_fraction * real))
             for _ in range(self.time_masks):
                 width = int(torch.randint(0, limit + 1, (1,), generator=generator))

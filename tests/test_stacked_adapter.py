@@ -49,3 +49,15 @@ def test_feature_masking_zeroes_real_frames_in_training_only(name):
         assert zeroed.any() and torch.equal(seen[-1][1, 7:], feats.last[1, 7:])  # the padding never masked
         assert torch.equal(seen[-1][~zeroed], feats.last[~zeroed])  # masking only zeroes
     assert not torch.equal(seen[-1], seen[-2])  # a new mask every step
+
+
+def test_an_unknown_adapter_argument_names_the_config_key():
+    from multimodal.config import ConfigError
+    from multimodal.train.build import _named_args
+
+    with pytest.raises(ConfigError, match="modalities.audio.projector_args: .*unexpected keyword argument 'freq_mask'"):
+        with _named_args("modalities.audio.projector_args"):
+            create_projector("stacked_mlp", 6, 8, feature_mask={"freq_mask": 2})
+    with pytest.raises(TypeError, match="missing 1 required positional argument"):  # other errors left as they are
+        with _named_args("modalities.audio.projector_args"):
+            create_projector("stacked_mlp", 6)

@@ -12,6 +12,8 @@ all three; Whisper-LLaDA: LoRA and the adapter), `train.part_lr` gives a part it
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from torch import nn
 from multimodal.backbone import LLaDABackbone
 from multimodal.backbone.families import family_of
 from multimodal.checkpoint import CONFIG, load_weights
+from multimodal.config import ConfigError
 from multimodal.device import pick_device
 from multimodal.lora import add_lora, load_peft_lora
 from multimodal.model import MultimodalDiffusionModel
@@ -32,6 +35,18 @@ from multimodal.types import ModalityIO
 from tasks import Task, create_task
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _named_args(where: str) -> Iterator[None]:
+    """An unknown keyword in a builder's arguments (``projector_args: {featur_mask: ...}``) becomes one
+    ConfigError naming the config key, not a traceback from inside the builder."""
+    try:
+        yield
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def part_of(name: str) -> str:
@@ -70,8 +85,12 @@ def build_model(config: ExperimentConfig, placeholder_ids: dict[str, int]) -> nn
     if family.takes_modalities and config.modalities:
         adapters = {}
         for name, m in config.modalities.items():
-            encoder = create_encoder(m.encoder, **m.encoder_args)
-            projector = create_projector(m.projector, encoder.output_dim, backbone.config.d_model, **m.projector_args)
+            with _named_args(f"modalities.{name}.encoder_args"):
+                encoder = create_encoder(m.encoder, **m.encoder_args)
+            with _named_args(f"modalities.{name}.projector_args"):
+                projector = create_projector(
+                    m.projector, encoder.output_dim, backbone.config.d_model, **m.projector_args
+                )
             adapters[name] = ModalityAdapter(encoder, projector)
         model = MultimodalDiffusionModel(backbone, adapters, placeholder_ids)
     if family.takes_modalities and config.train.lora is not None:
